@@ -1,0 +1,60 @@
+# Two commands: `make run` (the demo workflow and its report) and `make test` (the test suite).
+# Both set everything up first, incrementally: a second call reinstalls nothing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Installed-state markers: re-run an install step only when what it installs changed.
+TORCH_STAMP := $(VENV)/.torch-installed
+DEPS_STAMP := $(VENV)/.deps-installed
+
+.PHONY: setup run report test test-python test-slurm bench clean
+
+setup: $(DEPS_STAMP) fashion-mnist
+
+$(TORCH_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+$(DEPS_STAMP): $(TORCH_STAMP) requirements.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# The Debian package of Fashion-MNIST, where apt-get can install it and the data is missing.
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if [ -e $(FMNIST_DEB) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)); \
+	else \
+		echo "Fashion-MNIST not found at $(FMNIST_DEB); the workflow will download it."; \
+	fi
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES)
+	$(MAKE) --no-print-directory report
+
+report: setup
+	$(BIN)/snakemake --cores 1 --report results/report.html
+
+test: setup test-python test-slurm
+
+test-python: setup
+	$(BIN)/python -m pytest
+
+test-slurm: setup
+	timeout -k 30 1500 bash tests/slurm/run-slurm-test.sh
+
+bench: setup
+	$(BIN)/python -m benchmarks.run $(if $(DEVICE),--device $(DEVICE),)
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,207 @@
+"""The victim models: CIFAR-style ResNets and the inversefed ConvNet.
+
+Two constraints shape this module:
+
+* **Checkpoint compatibility.** The ``state_dict`` keys are exactly those of the original code's
+  ``inversefed.nn.models`` classes (``conv1``, ``bn1``, ``layers.{stage}.{block}.conv1``, …,
+  ``fc``; ``model.conv0`` … ``model.linear``), so the authors' released checkpoints load with
+  ``load_state_dict(strict=True)`` and no key conversion.
+* **Same initial weights for the same seed.** Modules are created in the same order as in the
+  original (including one ConvNet layer that the original builds and then discards), so that with
+  the same torch seed and version both codes draw the same initial weights.
+
+The original ResNet subclassed ``torchvision.models.ResNet`` and used torchvision's
+``BasicBlock``; the small block below reproduces that block's parameters and forward pass so that
+this module depends on torch only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+ARCHITECTURES: tuple[str, ...] = (
+    "ResNet20", "ResNet20-4", "ResNet32", "ResNet44", "ResNet56", "ResNet110",
+    "ConvNet", "ConvNet8", "ConvNet16", "ConvNet32", "ConvNet64",
+)
+
+_RESNET_NAME = re.compile(r"ResNet(?P<depth>\d+)(?:-(?P<multiplier>\d+))?")
+_CONVNET_NAME = re.compile(r"ConvNet(?P<width>\d+)?")
+_ALLOWED_FORMS = (
+    "ResNet{depth} or ResNet{depth}-{width multiplier} with depth = 6n+2 (20, 32, 44, 56, 110, ...), "
+    "ConvNet (width 64) or ConvNet{width} (8, 16, 32, 64, ...)"
+)
+_RESNET_BASE_WIDTH = 16
+_CONVNET_DEFAULT_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A parsed architecture name.
+
+    ``width`` is the stem width for a ResNet (16 × the width multiplier) and ``w`` for a ConvNet
+    (its layers have w, 2w and 4w channels). ``blocks_per_stage`` is ``n`` of a 6n+2-layer ResNet
+    and ``None`` for a ConvNet.
+    """
+
+    family: Literal["ResNet", "ConvNet"]
+    width: int
+    blocks_per_stage: int | None = None
+
+
+def parse_arch(name: str) -> Architecture:
+    """Parse an architecture name such as ``"ResNet20-4"`` or ``"ConvNet32"``.
+
+    Raises ``ValueError`` naming ``name`` and the allowed forms.
+    """
+    resnet = _RESNET_NAME.fullmatch(name)
+    if resnet:
+        depth = int(resnet["depth"])
+        multiplier = int(resnet["multiplier"] or 1)
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"architecture {name!r}: ResNet depth {depth} is not 6n+2 with n >= 1; "
+                             f"allowed: {_ALLOWED_FORMS}")
+        if multiplier < 1:
+            raise ValueError(f"architecture {name!r}: width multiplier must be >= 1; allowed: {_ALLOWED_FORMS}")
+        return Architecture("ResNet", _RESNET_BASE_WIDTH * multiplier, (depth - 2) // 6)
+    convnet = _CONVNET_NAME.fullmatch(name)
+    if convnet:
+        width = int(convnet["width"] or _CONVNET_DEFAULT_WIDTH)
+        if width < 1:
+            raise ValueError(f"architecture {name!r}: ConvNet width must be >= 1; allowed: {_ALLOWED_FORMS}")
+        return Architecture("ConvNet", width)
+    raise ValueError(f"unknown architecture {name!r}; allowed: {_ALLOWED_FORMS}")
+
+
+def build_model(arch: str, num_classes: int, num_channels: int) -> nn.Module:
+    """Build a freshly initialised model (initial weights come from torch's global generator).
+
+    ``num_channels`` is the number of input channels (3 for CIFAR, 1 for Fashion-MNIST); inputs
+    are 32×32 (the ConvNet's linear layer assumes it; the ResNet pools globally).
+    """
+    architecture = parse_arch(arch)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if num_channels < 1:
+        raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+    if architecture.family == "ResNet":
+        assert architecture.blocks_per_stage is not None
+        return ResNet(architecture.blocks_per_stage, architecture.width, num_classes, num_channels)
+    return ConvNet(architecture.width, num_classes, num_channels)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv–BN layers with an identity (or 1×1 conv–BN) shortcut, ReLU after the sum.
+
+    Parameter names and forward pass match ``torchvision.models.resnet.BasicBlock``, which the
+    original code used.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, downsample: nn.Module | None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016, §4.2): three stages of ``blocks_per_stage`` blocks.
+
+    Stage widths are ``width``, 2·``width``, 4·``width`` with strides 1, 2, 2; the stem is a single
+    3×3 conv–BN–ReLU without max-pooling. Convolutions get Kaiming-normal (fan-out) weights, batch
+    norms γ = 1 and β = 0, and the linear layer keeps PyTorch's default init, as in the original.
+    """
+
+    def __init__(self, blocks_per_stage: int, width: int, num_classes: int, num_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layers = nn.ModuleList()
+        in_channels = width
+        for stage, stride in enumerate((1, 2, 2)):
+            out_channels = width * 2**stage
+            self.layers.append(self._make_stage(in_channels, out_channels, blocks_per_stage, stride))
+            in_channels = out_channels
+        self.pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(in_channels, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+
+    @staticmethod
+    def _make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+        """One stage; the shortcut of its first block is projected when the shape changes.
+
+        The projection is created before its block, as torchvision does, to keep the original's
+        order of draws from the random generator.
+        """
+        downsample = None
+        if stride != 1 or in_channels != out_channels:
+            downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        stage = [BasicBlock(in_channels, out_channels, stride, downsample)]
+        stage += [BasicBlock(out_channels, out_channels, 1, None) for _ in range(blocks - 1)]
+        return nn.Sequential(*stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for stage in self.layers:
+            x = stage(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ConvNet(nn.Module):
+    """inversefed's ``ConvNet`` as it effectively runs: eight 3×3 conv–BN–ReLU layers.
+
+    Channels c→w→2w→2w→4w→4w→4w, MaxPool(3), 4w→4w→4w, MaxPool(3), then a linear layer from
+    4w·3·3 = 36w features (32×32 inputs). The original listed the ``conv6/bn6/relu6`` entry twice in
+    an ordered dict, so only the second survives; all layers keep PyTorch's default init.
+    """
+
+    def __init__(self, width: int, num_classes: int, num_channels: int):
+        super().__init__()
+        channels = [num_channels, width, 2 * width, 2 * width, 4 * width, 4 * width, 4 * width]
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for index, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+            layers.update(self._conv_bn_relu(index, c_in, c_out))
+        layers["pool0"] = nn.MaxPool2d(3)
+        # The original built a first conv6 that the duplicate dict key then replaced. Building (and
+        # dropping) it here draws the same random numbers, so the same seed gives the same weights.
+        nn.Conv2d(4 * width, 4 * width, 3, padding=1)
+        layers.update(self._conv_bn_relu(6, 4 * width, 4 * width))
+        layers.update(self._conv_bn_relu(7, 4 * width, 4 * width))
+        layers["pool1"] = nn.MaxPool2d(3)
+        layers["flatten"] = nn.Flatten()
+        layers["linear"] = nn.Linear(36 * width, num_classes)
+        self.model = nn.Sequential(layers)
+
+    @staticmethod
+    def _conv_bn_relu(index: int, c_in: int, c_out: int) -> OrderedDict[str, nn.Module]:
+        return OrderedDict([
+            (f"conv{index}", nn.Conv2d(c_in, c_out, 3, padding=1)),
+            (f"bn{index}", nn.BatchNorm2d(c_out)),
+            (f"relu{index}", nn.ReLU()),
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

@@ -1,0 +1,68 @@
+"""Atomic output files.
+
+A job that is killed (SIGKILL, a Slurm time limit, a power cut) must never leave a file behind that
+looks complete, because Snakemake and our own caches trust existing files. Every writer therefore
+writes to a temporary file in the destination folder and renames it into place; ``os.replace`` is
+atomic on POSIX file systems when source and destination share a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``final_path``; rename it into place on success.
+
+    On any exception the temporary file is removed and ``final_path`` is left untouched, so an
+    earlier complete result survives a failed rewrite.
+    """
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_tsv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a tab-separated table atomically; floats keep full precision via ``repr``."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return repr(value)
+        return str(value)
+
+    lines = ["\t".join(header)] + ["\t".join(cell(v) for v in row) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a table written by :func:`write_tsv` as a list of ``{column: text}`` rows."""
+    lines = Path(path).read_text().splitlines()
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line]

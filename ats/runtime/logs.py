@@ -1,0 +1,51 @@
+"""Logging into the rule's ``log:`` file, with tqdm progress bars.
+
+Snakemake does not redirect a script's output; each adapter script calls :func:`configure` with the
+rule's log path so that library code can simply use ``logging.getLogger(__name__)`` and
+:func:`progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Iterable, Iterator, TextIO, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+_progress_stream: TextIO = sys.stderr
+
+
+def configure(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """Send log records and progress bars to ``log_path`` (append mode), or to stderr."""
+    global _progress_stream
+    stream: TextIO = open(log_path, "a", buffering=1) if log_path else sys.stderr  # noqa: SIM115
+    _progress_stream = stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """Wrap ``iterable`` in a tqdm bar that writes to the configured log.
+
+    Bars update at most every few seconds in log files, so logs stay readable.
+    """
+    interactive = getattr(_progress_stream, "isatty", lambda: False)()
+    return iter(
+        tqdm(
+            iterable,
+            desc=desc,
+            total=total,
+            file=_progress_stream,
+            mininterval=0.5 if interactive else 5.0,
+            dynamic_ncols=interactive,
+            ascii=not interactive,
+        )
+    )

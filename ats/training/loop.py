@@ -1,0 +1,467 @@
+"""Resumable, deterministic training of one model: the stage behind every trained model of ATS.
+
+The same stage trains the tiny-data *search model* (defence ``crop`` on a seeded 10 % subset) and
+the fully trained model of every defence. It follows the original recipe (:mod:`ats.training.recipe`)
+but is built for long jobs on shared machines:
+
+* **Augmentation on the device.** The whole ``uint8`` training subset is moved to the device once;
+  every batch is cropped, flipped and transformed there by :class:`ats.transforms.pipeline.Preprocessor`
+  from a random *draw* whose generator is seeded by ``(seed, "augment", epoch, batch)``. There are
+  no DataLoader workers and no PIL round trips, and the draws do not depend on worker scheduling.
+* **Resumable.** After every epoch the model, optimizer, scheduler and history are saved atomically
+  to ``state_path``. All randomness after initialisation is derived from ``(seed, epoch, batch)``,
+  so a rerun that resumes from the state continues exactly as the killed run would have, bitwise
+  on the CPU.
+* **Fails loudly.** A non-finite training loss stops the job with the epoch, batch and defence,
+  instead of the original's silent early stop that saved a useless model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ats.case.datasets import load_dataset
+from ats.case.models import build_model
+from ats.case.normalisation import normalisation_constants
+from ats.defence.gradient import GradientDefence
+from ats.defence.names import DefenceSpec, parse_defence
+from ats.policies import Policy, parse_policy
+from ats.runtime.atomic import write_json, write_tsv
+from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
+from ats.runtime.device import resolve_device
+from ats.runtime.fingerprint import fingerprint as fingerprint_of
+from ats.runtime.logs import progress
+from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
+from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
+from ats.transforms.pipeline import Preprocessor, sample_draw
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+)
+EVAL_BATCH_SIZE = 500
+"""Test images per forward pass; evaluation has no gradients, so this only trades memory for speed."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model it is supposed to initialise."""
+
+
+def training_subset(num_train: int, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded, class-agnostic random ``fraction`` of the training split.
+
+    Class-agnostic like HEAD's ``--tiny_data`` loaders (a plain random subset), so small classes
+    are not over-represented. ``fraction = 1`` gives every index.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    keep = round(fraction * num_train)
+    if keep < 1:
+        raise ValueError(f"train_fraction {fraction} of {num_train} training images keeps no image")
+    generator = torch.Generator().manual_seed(derive_seed(seed, "subset"))
+    return torch.randperm(num_train, generator=generator)[:keep].sort().values
+
+
+@dataclass(frozen=True)
+class _Acceleration:
+    """CUDA-only throughput options; all are off on the CPU, where they only cost time."""
+
+    channels_last: bool
+    bf16_autocast: bool
+    compile: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: bool, compile: bool) -> _Acceleration:
+        on_cuda = device.type == "cuda"
+        if (amp or compile) and not on_cuda:
+            logger.warning("amp/compile requested on %s: ignored, they only help on CUDA", device)
+        return cls(channels_last=on_cuda, bf16_autocast=amp and on_cuda, compile=compile and on_cuda)
+
+    def autocast(self, device: torch.device) -> ContextManager[Any]:
+        if self.bf16_autocast:
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+
+class _Run:
+    """One training run: data on the device, model, optimizer, scheduler and history.
+
+    Kept as an object so that the per-epoch steps share the device tensors without long argument
+    lists; :func:`train_stage` owns its life cycle (fresh start or resume, then the epochs).
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        num_classes: int,
+        channels: int,
+        defence: DefenceSpec,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        test_images: torch.Tensor,
+        test_labels: torch.Tensor,
+        preprocess: Preprocessor,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        acceleration: _Acceleration,
+    ) -> None:
+        self.defence = defence
+        self.policy: Policy = parse_policy(defence.policy) if defence.policy else ()
+        self.gradient_defence = GradientDefence.from_spec(defence.kind, defence.strength)
+        self.train_images, self.train_labels = train_images, train_labels
+        self.test_images, self.test_labels = test_images, test_labels
+        self.preprocess = preprocess
+        self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
+        self.device, self.acceleration = device, acceleration
+        self.model_spec = (arch, num_classes, channels)
+        self.reset()
+
+    def reset(self) -> None:
+        """(Re)create model, optimizer and scheduler exactly as at the start of a fresh run."""
+        seed_everything(self.seed)
+        model = build_model(*self.model_spec)
+        memory_format = torch.channels_last if self.acceleration.channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model) if self.acceleration.compile else self.model
+        )
+        self.optimizer = build_optimizer(self.model)
+        self.scheduler = build_scheduler(self.optimizer, self.epochs)
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`restore` needs, besides the model weights, to continue bitwise identically."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": list(self.history),
+        }
+
+    def restore(self, payload: Mapping[str, Any]) -> None:
+        """Load a state saved by :func:`_save_state`; raises on any inconsistency."""
+        history = list(payload["history"])
+        if not 0 < len(history) <= self.epochs:
+            raise ValueError(f"state holds {len(history)} epochs of a {self.epochs}-epoch run")
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scheduler.last_epoch != len(history):
+            raise ValueError(f"scheduler at epoch {self.scheduler.last_epoch}, history at {len(history)}")
+        self.history = history
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over the training subset; returns mean loss and accuracy over its images."""
+        self.model.train()
+        num_images = len(self.train_labels)
+        order_generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+        order = torch.randperm(num_images, generator=order_generator).to(self.device)
+        mode = self.defence.augmentation_mode
+        batch_loss_sums: list[torch.Tensor] = []
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for batch, start in enumerate(range(0, num_images, self.batch_size)):
+            indices = order[start : start + self.batch_size]
+            draw_generator = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, batch))
+            draw = sample_draw(self.policy, len(indices), draw_generator)
+            inputs = self.acceleration.prepare_inputs(
+                self.preprocess(self.train_images[indices], mode, self.policy, draw)
+            )
+            labels = self.train_labels[indices]
+            with self.acceleration.autocast(self.device):
+                logits = self.forward(inputs)
+            loss = classification_loss(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.gradient_defence is not None:
+                self._defend_gradients(epoch, batch)
+            self.optimizer.step()
+            # Kept on the device: one host sync per epoch instead of one per batch.
+            batch_loss_sums.append(loss.detach() * len(indices))
+            correct += (logits.argmax(dim=1) == labels).sum()
+        self.scheduler.step()
+        loss_sums = torch.stack(batch_loss_sums)
+        self._fail_if_diverged(epoch, loss_sums)
+        return loss_sums.sum().item() / num_images, correct.item() / num_images
+
+    def _defend_gradients(self, epoch: int, batch: int) -> None:
+        """Replace each parameter gradient by its defended version (HEAD: before the optimizer step).
+
+        The noise generator lives on the training device: drawing millions of noise values per step
+        on the CPU and copying them over would dominate a GPU step.
+        """
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        generator = torch_generator(self.seed, "defence", epoch, batch, device=str(self.device))
+        defended = self.gradient_defence.apply([p.grad for p in parameters], generator)
+        for parameter, gradient in zip(parameters, defended):
+            parameter.grad = gradient
+
+    def _fail_if_diverged(self, epoch: int, batch_loss_sums: torch.Tensor) -> None:
+        finite = torch.isfinite(batch_loss_sums)
+        if bool(finite.all()):
+            return
+        batch = int((~finite).nonzero()[0])
+        raise TrainingDivergedError(
+            f"training diverged: the loss became {batch_loss_sums[batch].item()} at epoch {epoch}, "
+            f"batch {batch} (defence {self.defence.name!r}); check the input data and the defence "
+            f"strength, or try another seed or fewer epochs at the initial learning rate"
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Mean loss and accuracy on the whole test split, without augmentation, in eval mode."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        num_images = len(self.test_labels)
+        plain_draw = sample_draw((), 0, torch.Generator())
+        for start in range(0, num_images, EVAL_BATCH_SIZE):
+            images = self.test_images[start : start + EVAL_BATCH_SIZE]
+            labels = self.test_labels[start : start + EVAL_BATCH_SIZE]
+            inputs = self.acceleration.prepare_inputs(self.preprocess(images, "plain", (), plain_draw))
+            with self.acceleration.autocast(self.device):
+                logits = self.forward(inputs)
+            loss_sum += classification_loss(logits, labels, reduction="sum")
+            correct += (logits.argmax(dim=1) == labels).sum()
+        return loss_sum.item() / num_images, correct.item() / num_images
+
+
+def _save_state(path: Path, run: _Run, run_fingerprint: str) -> None:
+    save_checkpoint(path, run.model.state_dict(), fingerprint=run_fingerprint,
+                    meta={"epochs_done": run.epochs_done}, extra=run.state())
+
+
+def _resume(path: Path, run: _Run, run_fingerprint: str) -> None:
+    """Continue from the state at ``path`` when it belongs to this run; otherwise start fresh.
+
+    A state from another configuration, or a corrupt one, only costs the time already spent, so it
+    is reported and ignored rather than failing the job.
+    """
+    if not path.exists():
+        logger.info("no training state at %s: starting from scratch", path)
+        return
+    try:
+        run.restore(load_checkpoint(path, expected_fingerprint=run_fingerprint))
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:  # CacheError is a RuntimeError
+        logger.warning("ignoring training state %s (%s): starting from scratch", path, error)
+        run.reset()
+        return
+    logger.info("resuming from epoch %d of %d (state %s)", run.epochs_done, run.epochs, path)
+
+
+def train_stage(
+    *,
+    dataset_h5: str | os.PathLike,
+    arch: str,
+    defence: str,
+    out_checkpoint: str | os.PathLike,
+    out_history_tsv: str | os.PathLike,
+    out_metrics_json: str | os.PathLike,
+    state_path: str | os.PathLike,
+    epochs: int,
+    batch_size: int = CONSERVATIVE.batch_size,
+    train_fraction: float = 1.0,
+    seed: int,
+    device: str,
+    normalisation: str,
+    eval_every: int = 10,
+    amp: bool = False,
+    compile: bool = False,
+    fingerprint: str,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any] | None:
+    """Train ``arch`` under ``defence`` and write checkpoint, history TSV and metrics JSON.
+
+    ``fingerprint`` (of the configuration) is stored in the checkpoint for downstream readers. The
+    test split is evaluated every ``eval_every`` epochs (epochs 0, 10, … as in the original) and
+    after the last one. ``amp`` (bf16 autocast) and ``compile`` (``torch.compile``) only take effect
+    on CUDA and are off by default to keep the original's fp32 numerics.
+
+    ``state_path`` holds the resumable state between epochs; it is not a workflow output (Snakemake
+    would delete it with a failed job) and is removed once the outputs exist. ``stop_after_epochs``
+    ends this call after that many epochs, leaving only the state, as a killed job would (tests
+    use it; it also splits a long training over wall-clock-limited jobs). Returns the metrics, or
+    ``None`` when stopped early.
+    """
+    if epochs < 1 or batch_size < 1 or eval_every < 1:
+        raise ValueError(f"epochs ({epochs}), batch_size ({batch_size}) and eval_every ({eval_every}) "
+                         f"must be positive")
+    defence_spec = parse_defence(defence)
+    torch_device = resolve_device(device)
+    acceleration = _Acceleration.for_device(torch_device, amp, compile)
+    data = load_dataset(dataset_h5)
+    mean, std = normalisation_constants(data.spec.name, normalisation)
+    subset = training_subset(len(data.train_labels), train_fraction, seed).numpy()
+    run = _Run(
+        arch=arch,
+        num_classes=data.spec.num_classes,
+        channels=data.spec.channels,
+        defence=defence_spec,
+        train_images=torch.from_numpy(data.train_images[subset]).to(torch_device),
+        train_labels=torch.from_numpy(data.train_labels[subset]).long().to(torch_device),
+        test_images=torch.from_numpy(data.test_images).to(torch_device),
+        test_labels=torch.from_numpy(data.test_labels).long().to(torch_device),
+        preprocess=Preprocessor(data.spec.channels, mean, std, torch_device),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=torch_device,
+        acceleration=acceleration,
+    )
+    run_fingerprint = fingerprint_of({
+        "config": fingerprint, "dataset": data.spec.name, "arch": arch, "defence": defence,
+        "epochs": epochs, "batch_size": batch_size, "train_fraction": train_fraction, "seed": seed,
+        "normalisation": normalisation, "eval_every": eval_every, "bf16_autocast": acceleration.bf16_autocast,
+        "compile": acceleration.compile,
+    })
+    state_file = Path(state_path)
+    _resume(state_file, run, run_fingerprint)
+    logger.info("training %s on %d images of %s, defence %r, %d epochs, batch %d, device %s",
+                arch, len(subset), data.spec.name, defence, epochs, batch_size, torch_device)
+
+    epochs_this_call = 0
+    for epoch in progress(range(run.epochs_done, epochs), desc=f"train {defence}",
+                          total=epochs - run.epochs_done):
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            logger.info("stopping after %d epochs as requested; state kept at %s", epochs_this_call, state_file)
+            return None
+        started = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        train_loss, train_accuracy = run.train_epoch(epoch)
+        test_loss, test_accuracy = math.nan, math.nan
+        if epoch % eval_every == 0 or epoch == epochs - 1:
+            test_loss, test_accuracy = run.evaluate()
+        seconds = time.perf_counter() - started
+        run.history.append({
+            "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_accuracy": train_accuracy,
+            "test_loss": test_loss, "test_accuracy": test_accuracy, "seconds": seconds,
+        })
+        _save_state(state_file, run, run_fingerprint)
+        epochs_this_call += 1
+        tested = "" if math.isnan(test_loss) else f", test loss {test_loss:.4f} acc {test_accuracy:.4f}"
+        logger.info("epoch %d (last %d): lr %.4g, train loss %.4f acc %.4f%s, %.1f s",
+                    epoch, epochs - 1, lr, train_loss, train_accuracy, tested, seconds)
+
+    metrics = _write_outputs(run, data.spec.name, out_checkpoint, out_history_tsv, out_metrics_json,
+                             fingerprint=fingerprint, train_fraction=train_fraction,
+                             num_train_images=len(subset))
+    state_file.unlink(missing_ok=True)
+    return metrics
+
+
+def _write_outputs(
+    run: _Run,
+    dataset: str,
+    out_checkpoint: str | os.PathLike,
+    out_history_tsv: str | os.PathLike,
+    out_metrics_json: str | os.PathLike,
+    *,
+    fingerprint: str,
+    train_fraction: float,
+    num_train_images: int,
+) -> dict[str, Any]:
+    """Write the three outputs of a finished run; the metrics JSON goes last."""
+    arch, num_classes, channels = run.model_spec
+    last = run.history[-1]
+    metrics = {
+        "dataset": dataset,
+        "arch": arch,
+        "defence": run.defence.name,
+        "epochs": run.epochs,
+        "seed": run.seed,
+        "train_fraction": train_fraction,
+        "train_images": num_train_images,
+        "test_accuracy": last["test_accuracy"],
+        "test_loss": last["test_loss"],
+        "train_accuracy": last["train_accuracy"],
+        "train_loss": last["train_loss"],
+        "train_seconds": sum(row["seconds"] for row in run.history),
+    }
+    meta = {key: metrics[key] for key in ("dataset", "arch", "defence", "epochs", "seed", "train_fraction",
+                                          "test_accuracy")}
+    save_checkpoint(out_checkpoint, run.model.state_dict(), fingerprint=fingerprint,
+                    meta={**meta, "num_classes": num_classes, "channels": channels})
+    write_tsv(out_history_tsv, HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in run.history])
+    write_json(out_metrics_json, metrics)
+    logger.info("final test accuracy %.4f (loss %.4f) after %d epochs", last["test_accuracy"],
+                last["test_loss"], run.epochs)
+    return metrics
+
+
+def check_state_dict_compatible(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, source: str | os.PathLike
+) -> None:
+    """Raise :class:`CheckpointMismatchError` naming ``source`` unless keys and shapes match exactly."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{name} {tuple(state_dict[name].shape)} (model {tuple(expected[name].shape)})"
+        for name in sorted(set(expected) & set(state_dict))
+        if state_dict[name].shape != expected[name].shape
+    ]
+    problems = [
+        f"{label}: {_first(items)}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("wrong shapes", wrong_shape))
+        if items
+    ]
+    if problems:
+        raise CheckpointMismatchError(f"{source}: does not fit the model; " + "; ".join(problems))
+
+
+def _first(items: Sequence[str], shown: int = 8) -> str:
+    more = f", … ({len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def import_checkpoint(
+    *,
+    source_path: str | os.PathLike,
+    arch: str,
+    num_classes: int,
+    channels: int,
+    out_checkpoint: str | os.PathLike,
+    fingerprint: str,
+) -> None:
+    """Convert a user-supplied model (e.g. the authors' tiny-data ``100.pth``) into our format.
+
+    Accepts a plain ``state_dict``, ``{"state_dict": …}``, a DataParallel ``module.`` prefix or one
+    of our checkpoints; the tensors must fit ``build_model(arch, num_classes, channels)`` exactly,
+    since a partially loaded search model would silently bias every privacy score.
+    """
+    payload = load_checkpoint(source_path)
+    model = build_model(arch, num_classes, channels)
+    check_state_dict_compatible(payload["state_dict"], model, source=source_path)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    save_checkpoint(out_checkpoint, model.state_dict(), fingerprint=fingerprint, meta={
+        "arch": arch, "num_classes": num_classes, "channels": channels, "defence": "imported",
+        "source": str(source_path),
+    })
+    logger.info("imported %s as %s (%d classes, %d channels) into %s",
+                source_path, arch, num_classes, channels, out_checkpoint)

@@ -1,0 +1,256 @@
+# Helpers shared by all rules: config validation and the get_* input functions.
+#
+# Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
+# modules ats.policies, ats.defence.names and ats.runtime.fingerprint.
+
+import json
+import math
+
+import jsonschema
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from ats.defence.names import DefenceError, parse_defence
+from ats.policies import PolicyError, candidate_policies, parse_policy
+from ats.runtime.fingerprint import fingerprint
+
+
+def _validate_config():
+    """Validate against the schema (filling defaults), then check what a schema cannot express.
+
+    Errors name the offending key and the allowed values, and stop the run before any job starts.
+    """
+    try:
+        validate(config, schema="../schemas/config.schema.yaml")
+    except WorkflowError as error:
+        cause = next((a for a in error.args if isinstance(a, jsonschema.ValidationError)), None)
+        if cause is None:
+            raise
+        key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
+        allowed = cause.schema.get("enum") or cause.schema.get("pattern")
+        hint = f" Allowed: {allowed}." if allowed is not None else ""
+        description = cause.schema.get("description", "")
+        raise WorkflowError(
+            f"Invalid config key '{key}': {cause.message}.{hint}"
+            + (f"\n  {key}: {' '.join(description.split())}" if description else "")
+        ) from None
+    policy_lists = {
+        "search.pinned_policies": config["search"]["pinned_policies"],
+        "search.candidates.extra": config["search"]["candidates"]["extra"],
+        "training.validation_policies": config["training"]["validation_policies"],
+    }
+    for key, policies in policy_lists.items():
+        for policy in policies:
+            try:
+                parse_policy(policy)
+            except PolicyError as error:
+                raise WorkflowError(f"Invalid config key '{key}': {error}") from None
+    for key in ("baselines", "gradient_defences"):
+        for name in config["training"][key]:
+            try:
+                spec = parse_defence(name)
+            except DefenceError as error:
+                raise WorkflowError(f"Invalid config key 'training.{key}': {error}") from None
+            if key == "gradient_defences" and not spec.acts_on_gradient:
+                raise WorkflowError(
+                    f"Invalid config key 'training.gradient_defences': {name!r} is not a gradient "
+                    "defence (allowed: prune-<percent>, gauss-<sigma>, laplace-<scale>)"
+                )
+    checkpoint_path = config["search"]["pretrain"]["checkpoint"]
+    if checkpoint_path and not os.path.exists(checkpoint_path):
+        raise WorkflowError(
+            f"Invalid config key 'search.pretrain.checkpoint': {checkpoint_path!r} does not exist"
+        )
+
+
+_validate_config()
+
+DATASET = config["dataset"]["name"]
+SEARCH = config["search"]
+SEARCH_ENABLED = not SEARCH["pinned_policies"]
+NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}[DATASET]
+CHANNELS = 1 if DATASET == "fashion-mnist" else 3
+
+
+wildcard_constraints:
+    shard=r"\d{4}",
+    defence=r"[A-Za-z0-9.+\-]+",
+    attack=r"[A-Za-z0-9_\-]+",
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints: the config values that determine each cached artefact. A cache file records the
+# fingerprint it was made under and is refused under another one.
+
+
+def _data_settings():
+    return {"dataset": DATASET, "normalisation": config["dataset"]["normalisation"]}
+
+
+def get_data_fingerprint():
+    return fingerprint({"dataset": DATASET})
+
+
+def get_pretrain_fingerprint():
+    return fingerprint(
+        {
+            **_data_settings(),
+            "arch": config["model"]["arch"],
+            "seed": config["seed"],
+            "pretrain": SEARCH["pretrain"],
+        }
+    )
+
+
+def get_eval_set_fingerprint():
+    return fingerprint(
+        {"dataset": DATASET, "privacy": SEARCH["privacy"], "accuracy": SEARCH["accuracy"]}
+    )
+
+
+def get_shard_fingerprint(wildcards):
+    return fingerprint(
+        {
+            "pretrain": get_pretrain_fingerprint(),
+            "eval_set": get_eval_set_fingerprint(),
+            "policies": get_shard_policies(wildcards),
+        }
+    )
+
+
+def get_training_settings():
+    """Training settings shared by every defence (the defence itself is a wildcard)."""
+    keys = ("epochs", "batch_size", "train_fraction", "eval_every", "amp", "compile")
+    return {key: config["training"][key] for key in keys}
+
+
+def get_train_fingerprint(wildcards):
+    return fingerprint(
+        {
+            **_data_settings(),
+            "arch": config["model"]["arch"],
+            "seed": config["seed"],
+            "defence": wildcards.defence,
+            "training": get_training_settings(),
+        }
+    )
+
+
+def get_attack_settings():
+    keys = ("first_target", "num_targets", "iterations", "transformed_target",
+            "defend_observed_gradient", "label_recovery")
+    return {key: config["attack"][key] for key in keys}
+
+
+def get_attack_fingerprint(wildcards):
+    return fingerprint(
+        {
+            "train": get_train_fingerprint(wildcards),
+            "attack": wildcards.attack,
+            "settings": get_attack_settings(),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The search: candidates and shards are pure functions of the config, so Snakemake knows every
+# shard at parse time. Shard i always holds candidates [i*size, (i+1)*size): growing the count
+# only changes the last shard and appends new ones, so finished shards are never recomputed.
+
+
+def get_dataset_file():
+    return f"results/data/{DATASET}.h5"
+
+
+def get_candidates():
+    """All scored policies: the no-transform reference '', the random candidates, then extras."""
+    extra = [""] + list(SEARCH["candidates"]["extra"])
+    if SEARCH["candidates"]["single_ops"]:
+        extra += [str(op) for op in range(50)]
+    extra += list(config["training"]["validation_policies"])
+    return candidate_policies(SEARCH["candidates"]["count"], config["seed"], extra)
+
+
+def get_shards():
+    size = SEARCH["shard_size"]
+    return [f"{i:04d}" for i in range(math.ceil(len(get_candidates()) / size))]
+
+
+def get_shard_policies(wildcards):
+    size = SEARCH["shard_size"]
+    start = int(wildcards.shard) * size
+    return get_candidates()[start : start + size]
+
+
+def get_shard_files(wildcards=None):
+    return expand("results/search/scores/shard-{shard}.h5", shard=get_shards())
+
+
+def get_search_model():
+    return "results/search/pretrained/model.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation: which defences are trained and attacked.
+
+
+def get_chosen_policies():
+    """The policies the evaluation trains: pinned ones, or those the selection checkpoint chose."""
+    if not SEARCH_ENABLED:
+        return list(SEARCH["pinned_policies"])
+    selection_file = checkpoints.select_policies.get().output.selection
+    with open(selection_file) as handle:
+        selection = json.load(handle)
+    chosen = list(selection["top_k"])
+    if selection.get("hybrid"):
+        chosen.append(selection["hybrid"])
+    return chosen
+
+
+def get_defences():
+    """Every trained defence, each once, in a stable order: baselines, policies, gradient defences."""
+    names = (
+        list(config["training"]["baselines"])
+        + get_chosen_policies()
+        + list(config["training"]["validation_policies"])
+        + list(config["training"]["gradient_defences"])
+    )
+    return list(dict.fromkeys(names))
+
+
+def get_attacks():
+    return list(config["attack"]["attacks"])
+
+
+def get_train_metrics(wildcards=None):
+    return expand("results/train/{defence}/metrics.json", defence=get_defences())
+
+
+def get_train_histories(wildcards=None):
+    return expand("results/train/{defence}/history.tsv", defence=get_defences())
+
+
+def get_attack_files(wildcards=None):
+    return expand(
+        "results/attack/{defence}/{attack}.h5", defence=get_defences(), attack=get_attacks()
+    )
+
+
+def get_search_reports():
+    if not SEARCH_ENABLED:
+        return []
+    figures = ["spri_vs_sacc.svg", "gradsim_curves.svg"]
+    if SEARCH["candidates"]["single_ops"]:
+        figures.append("per_op_spri.svg")
+    return expand("results/search/{figure}", figure=figures)
+
+
+def get_final_outputs():
+    return [
+        "results/summary.tsv",
+        "results/report/privacy_utility.svg",
+        "results/report/reconstructions.png",
+        "results/report/training_curves.svg",
+        "results/report/psnr_distributions.svg",
+        "results/report/spri_vs_psnr.svg",
+    ] + get_search_reports()

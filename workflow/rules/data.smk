@@ -1,0 +1,20 @@
+# Stage 0: the data set, read once from its source and cached as uint8 arrays in HDF5.
+
+
+rule prepare_dataset:
+    output:
+        "results/data/{dataset}.h5",
+    params:
+        source_dir=config["dataset"]["source_dir"],
+        download=config["dataset"]["download"],
+        download_root="results/downloads",
+    log:
+        "results/logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/prepare_dataset.py"

@@ -1,0 +1,72 @@
+# Stage 6: the summary table and the figures that compare defences; `snakemake --report` turns
+# every report() output of the workflow into results/report.html.
+
+
+rule summarize:
+    input:
+        metrics=get_train_metrics,
+        attacks=get_attack_files,
+    output:
+        report(
+            "results/summary.tsv",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "defences against attacks"},
+        ),
+    params:
+        defences=get_defences,
+        attacks=get_attacks(),
+    log:
+        "results/logs/summarize.log",
+    threads: 1
+    script:
+        "../scripts/summarize.py"
+
+
+rule plot_privacy_utility:
+    input:
+        summary="results/summary.tsv",
+    output:
+        report(
+            "results/report/privacy_utility.svg",
+            caption="../report/privacy_utility.rst",
+            category="Summary",
+            labels={"figure": "privacy against utility"},
+        ),
+    log:
+        "results/logs/plot_privacy_utility.log",
+    threads: 1
+    script:
+        "../scripts/plot_privacy_utility.py"
+
+
+rule plot_spri_vs_psnr:
+    input:
+        summary="results/summary.tsv",
+        ranking="results/search/ranking.tsv" if SEARCH_ENABLED else [],
+    output:
+        report(
+            "results/report/spri_vs_psnr.svg",
+            caption="../report/spri_vs_psnr.rst",
+            category="Summary",
+            labels={"figure": "does S_pri predict the attack?"},
+        ),
+    log:
+        "results/logs/plot_spri_vs_psnr.log",
+    threads: 1
+    script:
+        "../scripts/plot_spri_vs_psnr.py"
+
+
+localrules:
+    list_candidates,
+    select_policies,
+    plot_spri_vs_sacc,
+    plot_gradsim_curves,
+    plot_per_op_spri,
+    plot_training_curves,
+    plot_reconstructions,
+    plot_psnr_distributions,
+    summarize,
+    plot_privacy_utility,
+    plot_spri_vs_psnr,

@@ -1,0 +1,198 @@
+# Stages 1-3: tiny-data pretraining, per-policy scoring in shards, and the selection checkpoint.
+
+if SEARCH["pretrain"]["checkpoint"]:
+
+    rule import_search_model:
+        input:
+            checkpoint=SEARCH["pretrain"]["checkpoint"],
+        output:
+            model=get_search_model(),
+        params:
+            arch=config["model"]["arch"],
+            num_classes=NUM_CLASSES,
+            channels=CHANNELS,
+            fingerprint=get_pretrain_fingerprint(),
+        log:
+            "results/logs/import_search_model.log",
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        script:
+            "../scripts/import_search_model.py"
+
+else:
+
+    rule pretrain_search_model:
+        input:
+            dataset=get_dataset_file(),
+        output:
+            model=get_search_model(),
+            history="results/search/pretrained/history.tsv",
+            metrics="results/search/pretrained/metrics.json",
+        params:
+            arch=config["model"]["arch"],
+            defence="crop",
+            epochs=SEARCH["pretrain"]["epochs"],
+            batch_size=128,
+            train_fraction=SEARCH["pretrain"]["fraction"],
+            eval_every=10,
+            amp=False,
+            compile=False,
+            seed=config["seed"],
+            device=config["device"],
+            normalisation=config["dataset"]["normalisation"],
+            state="results/search/pretrained/resume.pt",
+            fingerprint=get_pretrain_fingerprint(),
+        log:
+            "results/logs/pretrain_search_model.log",
+        benchmark:
+            "results/benchmarks/pretrain_search_model.tsv"
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=240,
+        script:
+            "../scripts/train.py"
+
+
+rule list_candidates:
+    output:
+        "results/search/candidates.tsv",
+    params:
+        candidates=get_candidates(),
+        shard_size=SEARCH["shard_size"],
+    log:
+        "results/logs/list_candidates.log",
+    threads: 1
+    script:
+        "../scripts/list_candidates.py"
+
+
+rule build_eval_set:
+    input:
+        dataset=get_dataset_file(),
+    output:
+        "results/search/eval_images.h5",
+    params:
+        mode=SEARCH["privacy"]["images"],
+        num_samples=SEARCH["privacy"]["num_samples"],
+        runs=SEARCH["accuracy"]["runs"],
+        start=SEARCH["accuracy"]["start"],
+        window=SEARCH["accuracy"]["window"],
+        fingerprint=get_eval_set_fingerprint(),
+    log:
+        "results/logs/build_eval_set.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    script:
+        "../scripts/build_eval_set.py"
+
+
+rule score_shard:
+    input:
+        dataset=get_dataset_file(),
+        eval_set="results/search/eval_images.h5",
+        model=get_search_model(),
+    output:
+        "results/search/scores/shard-{shard}.h5",
+    params:
+        policies=get_shard_policies,
+        arch=config["model"]["arch"],
+        seed=config["seed"],
+        device=config["device"],
+        normalisation=config["dataset"]["normalisation"],
+        bins=SEARCH["privacy"]["bins"],
+        chunk_size=SEARCH["chunk_size"],
+        fingerprint=get_shard_fingerprint,
+    log:
+        "results/logs/score_shard/{shard}.log",
+    benchmark:
+        "results/benchmarks/score_shard/{shard}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    script:
+        "../scripts/score_shard.py"
+
+
+checkpoint select_policies:
+    input:
+        shards=get_shard_files,
+    output:
+        ranking=report(
+            "results/search/ranking.tsv",
+            caption="../report/ranking.rst",
+            category="Search",
+            labels={"table": "policy ranking"},
+        ),
+        selection="results/search/selection.json",
+    params:
+        rule=SEARCH["selection"]["rule"],
+        alpha=SEARCH["selection"]["alpha"],
+        threshold=SEARCH["selection"]["accuracy_threshold"],
+        top_k=SEARCH["selection"]["top_k"],
+        num_classes=NUM_CLASSES,
+    log:
+        "results/logs/select_policies.log",
+    threads: 1
+    script:
+        "../scripts/select_policies.py"
+
+
+rule plot_spri_vs_sacc:
+    input:
+        ranking="results/search/ranking.tsv",
+        selection="results/search/selection.json",
+    output:
+        report(
+            "results/search/spri_vs_sacc.svg",
+            caption="../report/spri_vs_sacc.rst",
+            category="Search",
+            labels={"figure": "S_pri against S_acc"},
+        ),
+    log:
+        "results/logs/plot_spri_vs_sacc.log",
+    threads: 1
+    script:
+        "../scripts/plot_spri_vs_sacc.py"
+
+
+rule plot_gradsim_curves:
+    input:
+        shards=get_shard_files,
+        selection="results/search/selection.json",
+    output:
+        report(
+            "results/search/gradsim_curves.svg",
+            caption="../report/gradsim_curves.rst",
+            category="Search",
+            labels={"figure": "gradient similarity along the path"},
+        ),
+    log:
+        "results/logs/plot_gradsim_curves.log",
+    threads: 1
+    script:
+        "../scripts/plot_gradsim_curves.py"
+
+
+rule plot_per_op_spri:
+    input:
+        ranking="results/search/ranking.tsv",
+    output:
+        report(
+            "results/search/per_op_spri.svg",
+            caption="../report/per_op_spri.rst",
+            category="Search",
+            labels={"figure": "S_pri per single op"},
+        ),
+    log:
+        "results/logs/plot_per_op_spri.log",
+    threads: 1
+    script:
+        "../scripts/plot_per_op_spri.py"

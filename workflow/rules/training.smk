@@ -1,0 +1,55 @@
+# Stage 4: full training of every defence: the baselines, the chosen policies and their hybrid,
+# and the gradient defences. Each job resumes from its last finished epoch after a kill.
+
+
+rule train_defence:
+    input:
+        dataset=get_dataset_file(),
+    output:
+        model=protected("results/train/{defence}/model.pt"),
+        history="results/train/{defence}/history.tsv",
+        metrics="results/train/{defence}/metrics.json",
+    params:
+        arch=config["model"]["arch"],
+        defence="{defence}",
+        epochs=config["training"]["epochs"],
+        batch_size=config["training"]["batch_size"],
+        train_fraction=config["training"]["train_fraction"],
+        eval_every=config["training"]["eval_every"],
+        amp=config["training"]["amp"],
+        compile=config["training"]["compile"],
+        seed=config["seed"],
+        device=config["device"],
+        normalisation=config["dataset"]["normalisation"],
+        state="results/train/{defence}/resume.pt",
+        fingerprint=get_train_fingerprint,
+    log:
+        "results/logs/train_defence/{defence}.log",
+    benchmark:
+        "results/benchmarks/train_defence/{defence}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    script:
+        "../scripts/train.py"
+
+
+rule plot_training_curves:
+    input:
+        histories=get_train_histories,
+    output:
+        report(
+            "results/report/training_curves.svg",
+            caption="../report/training_curves.rst",
+            category="Training",
+            labels={"figure": "training curves"},
+        ),
+    params:
+        defences=get_defences,
+    log:
+        "results/logs/plot_training_curves.log",
+    threads: 1
+    script:
+        "../scripts/plot_training_curves.py"
