@@ -26,7 +26,9 @@ def _tiny_split(dataset: str, per_class: int, seed: int) -> tuple[np.ndarray, np
     return images, labels
 
 
-def write_cifar_folder(root: Path, dataset: str, per_class: int = 1, bytes_keys: bool = False) -> dict[str, np.ndarray]:
+def write_cifar_folder(
+    root: Path, dataset: str, per_class: int = 1, bytes_keys: bool = False
+) -> dict[str, np.ndarray]:
     """Write a torchvision-format CIFAR folder below ``root``; return the expected arrays.
 
     ``bytes_keys`` pickles keys and class names as ``bytes`` (as Python 3 tools often do) instead
@@ -63,7 +65,9 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def write_fashion_mnist_folder(folder: Path, per_class: int = 1, gzipped: bool = True) -> dict[str, np.ndarray]:
+def write_fashion_mnist_folder(
+    folder: Path, per_class: int = 1, gzipped: bool = True
+) -> dict[str, np.ndarray]:
     """Write the four Fashion-MNIST IDX files into ``folder``; return the expected arrays."""
     folder.mkdir(parents=True, exist_ok=True)
     stems = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

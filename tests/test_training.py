@@ -56,6 +56,7 @@ def test_schedule_over_200_epochs_decays_tenfold_at_74_124_175() -> None:
     lrs = []
     for _ in range(200):
         lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
         scheduler.step()
     expected = [0.1] * 74 + [0.01] * 50 + [0.001] * 51 + [0.0001] * 25
     assert lrs == pytest.approx(expected, rel=1e-9)
@@ -124,19 +125,19 @@ class _Draw:
     flip: torch.Tensor
 
 
-def _sample_draw(policy: Any, count: int, generator: torch.Generator) -> _Draw:
+def _sample_draw(policy: Any, count: int, generator: torch.Generator, *, image_size: int) -> _Draw:
     return _Draw(flip=torch.rand(count, generator=generator) < 0.5)
 
 
 class _Preprocessor:
-    """uint8 N×H×W×C → normalised float N×C×H×W, flipping where the draw says so."""
+    """uint8 N×C×H×W → normalised float N×C×H×W, flipping where the draw says so."""
 
     def __init__(self, channels: int, mean: Any, std: Any, device: torch.device) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, channels, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, channels, 1, 1)
 
-    def __call__(self, images: torch.Tensor, mode: str, policy: Any, draw: _Draw) -> torch.Tensor:
-        inputs = images.permute(0, 3, 1, 2).float() / 255
+    def __call__(self, images: torch.Tensor, mode: str, policy: Any, draw: _Draw | None = None) -> torch.Tensor:
+        inputs = images.float() / 255
         if mode != "plain":
             inputs = torch.where(draw.flip.view(-1, 1, 1, 1).to(inputs.device), inputs.flip(-1), inputs)
         return (inputs - self.mean) / self.std
@@ -262,7 +263,7 @@ def test_non_finite_loss_fails_with_epoch_batch_and_defence(
 
         calls = 0
 
-        def __call__(self, images: torch.Tensor, mode: str, policy: Any, draw: _Draw) -> torch.Tensor:
+        def __call__(self, images: torch.Tensor, mode: str, policy: Any, draw: _Draw | None = None) -> torch.Tensor:
             inputs = super().__call__(images, mode, policy, draw)
             if mode != "plain":
                 PoisonedPreprocessor.calls += 1
@@ -309,8 +310,26 @@ def test_gradient_defence_is_applied_before_every_step(
 def test_bad_arguments_name_the_culprit(tmp_path: Path, stand_ins: None) -> None:
     with pytest.raises(ValueError, match="epochs"):
         _train(tmp_path, epochs=0)
-    with pytest.raises(ValueError, match="not-a-defence"):
-        _train(tmp_path, defence="not-a-defence")
+    with pytest.raises(ValueError, match="prune-lots"):
+        _train(tmp_path, defence="prune-lots")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "channels", "defence"),
+    [("cifar10", 3, "3-1-7+43-18-18"), ("fashion-mnist", 1, "laplace-1e-3")],
+)
+def test_real_components_train_policies_and_gradient_defences(
+    tmp_path: Path, tiny_dataset_h5: Any, dataset: str, channels: int, defence: str
+) -> None:
+    """The real data file, pipeline, model and defences, end to end, for one short epoch."""
+    metrics = loop.train_stage(
+        dataset_h5=tiny_dataset_h5(dataset, per_class=4), arch="ConvNet8", defence=defence,
+        out_checkpoint=tmp_path / "model.pt", out_history_tsv=tmp_path / "history.tsv",
+        out_metrics_json=tmp_path / "metrics.json", state_path=tmp_path / "state.pt",
+        epochs=1, batch_size=16, seed=0, device="cpu", normalisation="faithful", fingerprint="fp",
+    )
+    assert metrics is not None and metrics["train_images"] == 40 and 0 <= metrics["test_accuracy"] <= 1
+    assert load_checkpoint(tmp_path / "model.pt")["meta"]["channels"] == channels
 
 
 # ---------------------------------------------------------------------------------------------

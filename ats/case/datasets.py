@@ -62,16 +62,19 @@ _CIFAR10_FILES: Mapping[str, tuple[str, ...]] = {
     "test": ("test_batch",),
     "meta": ("batches.meta",),
 }
-_CIFAR100_FILES: Mapping[str, tuple[str, ...]] = {"train": ("train",), "test": ("test",), "meta": ("meta",)}
+_CIFAR100_FILES: Mapping[str, tuple[str, ...]] = {
+    "train": ("train",), "test": ("test",), "meta": ("meta",),
+}
 
+_DOWNLOAD_HINT = "or set `dataset.download: true` on a machine with internet access"
 _HOW_TO_GET_DATA: Mapping[str, str] = {
     "fashion-mnist": "install the Debian package (`apt-get install dataset-fashion-mnist`), or set "
-                     "`dataset.source_dir` to a folder holding the four *-ubyte(.gz) IDX files, or "
-                     "set `download: true` on a machine with internet access",
+                     "`dataset.source_dir` to a folder holding the four *-ubyte(.gz) IDX files, "
+                     + _DOWNLOAD_HINT,
     "cifar10": "set `dataset.source_dir` to a folder holding `cifar-10-batches-py/` (the extracted "
-               "python version of CIFAR-10), or set `download: true` on a machine with internet access",
+               "python version of CIFAR-10), " + _DOWNLOAD_HINT,
     "cifar100": "set `dataset.source_dir` to a folder holding `cifar-100-python/` (the extracted "
-                "python version of CIFAR-100), or set `download: true` on a machine with internet access",
+                "python version of CIFAR-100), " + _DOWNLOAD_HINT,
 }
 
 
@@ -122,7 +125,8 @@ def build_dataset_file(
     folder, source = _locate_or_download(spec, source_dir, download, download_folder)
     arrays = _READERS[spec.name](folder, spec)
     for split in SPLITS:
-        _check_split(spec, arrays[f"{split}/images"], arrays[f"{split}/labels"], str(folder))
+        _check_split(spec, arrays[f"{split}/images"], arrays[f"{split}/labels"],
+                     f"{folder}, {split} split")
     shapes = {name: list(array.shape) for name, array in arrays.items()}
     logger.info("%s from %s: %s", spec.name, source, shapes)
     write_h5(
@@ -145,12 +149,17 @@ def load_dataset(path: str | os.PathLike, *, expected_dataset: str | None = None
     if name not in DATASETS or attrs.get("fingerprint") != dataset_fingerprint(name):
         raise CacheError(f"{path}: not a dataset file (dataset attribute {name!r})")
     spec = dataset_spec(name)
-    missing = sorted({f"{s}/{kind}" for s in SPLITS for kind in ("images", "labels")} - set(arrays))
-    if missing or "class_names" not in arrays:
-        raise CacheError(f"{path}: dataset file lacks {missing or ['class_names']}")
+    required = {"class_names"} | {f"{split}/{kind}" for split in SPLITS for kind in ("images", "labels")}
+    missing = sorted(required - set(arrays))
+    if missing:
+        raise CacheError(f"{path}: dataset file lacks {', '.join(missing)}")
+    class_names = tuple(str(name) for name in arrays["class_names"])
+    if class_names != spec.class_names:
+        raise CacheError(f"{path}: class names {class_names[:3]}... are not those of {spec.name}")
     try:
         for split in SPLITS:
-            _check_split(spec, arrays[f"{split}/images"], arrays[f"{split}/labels"], str(path))
+            _check_split(spec, arrays[f"{split}/images"], arrays[f"{split}/labels"],
+                         f"{path}, {split} split")
     except DatasetFormatError as error:
         raise CacheError(str(error)) from error
     return DatasetArrays(
@@ -159,7 +168,7 @@ def load_dataset(path: str | os.PathLike, *, expected_dataset: str | None = None
         train_labels=arrays["train/labels"],
         test_images=arrays["test/images"],
         test_labels=arrays["test/labels"],
-        class_names=tuple(str(name) for name in arrays["class_names"]),
+        class_names=class_names,
     )
 
 
@@ -193,7 +202,9 @@ def _missing_files(spec: DatasetSpec, folder: Path) -> list[str]:
     return [name for names in files.values() for name in names if not (folder / name).is_file()]
 
 
-def _candidate_folders(spec: DatasetSpec, source_dir: str | None, download_root: Path) -> list[tuple[Path, str]]:
+def _candidate_folders(
+    spec: DatasetSpec, source_dir: str | None, download_root: Path
+) -> list[tuple[Path, str]]:
     """``(folder, how it was chosen)`` in lookup order; see the module docstring."""
     subfolder = _TORCHVISION_LAYOUT[spec.name][0]
     candidates: list[tuple[Path, str]] = []
@@ -212,13 +223,15 @@ def _locate_or_download(
     for folder, how in _candidate_folders(spec, source_dir, download_root):
         missing = _missing_files(spec, folder)
         if not missing:
+            if source_dir and how != "source_dir":
+                logger.warning("source_dir %s does not hold %s; using %s", source_dir, spec.name, folder)
             return folder, str(folder)
         state = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
         looked.append(f"{folder} ({how}): {state}")
-    if source_dir:
-        logger.warning("source_dir %s does not hold %s; looked further", source_dir, spec.name)
-    download_note = "download disabled (download: false)"
+    download_note = "download disabled (dataset.download: false)"
     if download:
+        if source_dir:
+            logger.warning("source_dir %s does not hold %s; downloading it", source_dir, spec.name)
         try:
             _download_with_torchvision(spec, download_root)
         except Exception as error:  # network, disk and torchvision errors all mean "not available"
@@ -228,7 +241,8 @@ def _locate_or_download(
             missing = _missing_files(spec, folder)
             if not missing:
                 return folder, f"torchvision download into {folder}"
-            download_note = f"torchvision download into {download_root} left {folder} without {', '.join(missing)}"
+            download_note = (f"torchvision download into {download_root} left {folder} "
+                             f"without {', '.join(missing)}")
     places = "\n  ".join(looked + [download_note])
     raise DatasetNotFoundError(
         f"{spec.name} data not found. Looked at:\n  {places}\nTo get it: {_HOW_TO_GET_DATA[spec.name]}."
@@ -266,7 +280,9 @@ def _read_idx(path: Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header_size])
     data = np.frombuffer(raw, dtype=np.uint8, offset=header_size)
     if data.size != int(np.prod(shape)):
-        raise DatasetFormatError(f"{path}: header promises shape {shape} but holds {data.size} bytes (truncated?)")
+        raise DatasetFormatError(
+            f"{path}: header promises shape {shape} but holds {data.size} bytes (truncated?)"
+        )
     return data.reshape(shape)
 
 

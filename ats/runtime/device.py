@@ -247,8 +247,8 @@ def resolve_device(
 def describe_runtime(device: "torch.device | str | None" = None) -> dict[str, Any]:
     """Where and how this job runs, for its log: host, Slurm job, visible GPUs, torch, threads.
 
-    torch is only asked for its thread count when the job has already imported it, so torch-free
-    jobs can log this without paying seconds for the import.
+    torch is only asked (for its build and thread count) when the job has already imported it, so
+    torch-free jobs can log this without paying seconds for the import.
     """
     torch = sys.modules.get("torch")
     info: dict[str, Any] = {
@@ -256,7 +256,7 @@ def describe_runtime(device: "torch.device | str | None" = None) -> dict[str, An
         "pid": os.getpid(),
         "SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID"),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "torch": _installed_version("torch"),
+        "torch": torch.__version__ if torch is not None else _installed_version("torch"),
         "device": None if device is None else str(device),
         "device_name": None,
         "cpus": len(os.sched_getaffinity(0)),

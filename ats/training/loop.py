@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,7 +42,7 @@ from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.device import resolve_device
 from ats.runtime.fingerprint import fingerprint as fingerprint_of
 from ats.runtime.logs import progress
-from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
+from ats.runtime.seeding import seed_everything, torch_generator
 from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
 from ats.transforms.pipeline import Preprocessor, sample_draw
 
@@ -73,8 +74,7 @@ def training_subset(num_train: int, fraction: float, seed: int) -> torch.Tensor:
     keep = round(fraction * num_train)
     if keep < 1:
         raise ValueError(f"train_fraction {fraction} of {num_train} training images keeps no image")
-    generator = torch.Generator().manual_seed(derive_seed(seed, "subset"))
-    return torch.randperm(num_train, generator=generator)[:keep].sort().values
+    return torch.randperm(num_train, generator=torch_generator(seed, "subset"))[:keep].sort().values
 
 
 @dataclass(frozen=True)
@@ -180,15 +180,16 @@ class _Run:
         """One pass over the training subset; returns mean loss and accuracy over its images."""
         self.model.train()
         num_images = len(self.train_labels)
-        order_generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
-        order = torch.randperm(num_images, generator=order_generator).to(self.device)
+        order = torch.randperm(num_images, generator=torch_generator(self.seed, "order", epoch)).to(self.device)
         mode = self.defence.augmentation_mode
+        image_size = self.train_images.shape[-1]
         batch_loss_sums: list[torch.Tensor] = []
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for batch, start in enumerate(range(0, num_images, self.batch_size)):
             indices = order[start : start + self.batch_size]
-            draw_generator = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, batch))
-            draw = sample_draw(self.policy, len(indices), draw_generator)
+            draw = None if mode == "plain" else sample_draw(
+                self.policy, len(indices), torch_generator(self.seed, "augment", epoch, batch), image_size=image_size
+            )
             inputs = self.acceleration.prepare_inputs(
                 self.preprocess(self.train_images[indices], mode, self.policy, draw)
             )
@@ -239,16 +240,20 @@ class _Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         num_images = len(self.test_labels)
-        plain_draw = sample_draw((), 0, torch.Generator())
         for start in range(0, num_images, EVAL_BATCH_SIZE):
             images = self.test_images[start : start + EVAL_BATCH_SIZE]
             labels = self.test_labels[start : start + EVAL_BATCH_SIZE]
-            inputs = self.acceleration.prepare_inputs(self.preprocess(images, "plain", (), plain_draw))
+            inputs = self.acceleration.prepare_inputs(self.preprocess(images, "plain", ()))
             with self.acceleration.autocast(self.device):
                 logits = self.forward(inputs)
             loss_sum += classification_loss(logits, labels, reduction="sum")
             correct += (logits.argmax(dim=1) == labels).sum()
         return loss_sum.item() / num_images, correct.item() / num_images
+
+
+def _images_on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """At-rest ``uint8`` N×H×W×C images as the ``uint8`` N×C×H×W device tensor the pipeline expects."""
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()
 
 
 def _save_state(path: Path, run: _Run, run_fingerprint: str) -> None:
@@ -322,10 +327,10 @@ def train_stage(
         num_classes=data.spec.num_classes,
         channels=data.spec.channels,
         defence=defence_spec,
-        train_images=torch.from_numpy(data.train_images[subset]).to(torch_device),
-        train_labels=torch.from_numpy(data.train_labels[subset]).long().to(torch_device),
-        test_images=torch.from_numpy(data.test_images).to(torch_device),
-        test_labels=torch.from_numpy(data.test_labels).long().to(torch_device),
+        train_images=_images_on_device(data.train_images[subset], torch_device),
+        train_labels=torch.from_numpy(data.train_labels[subset]).to(torch_device),
+        test_images=_images_on_device(data.test_images, torch_device),
+        test_labels=torch.from_numpy(data.test_labels).to(torch_device),
         preprocess=Preprocessor(data.spec.channels, mean, std, torch_device),
         epochs=epochs,
         batch_size=batch_size,
@@ -335,7 +340,7 @@ def train_stage(
     )
     run_fingerprint = fingerprint_of({
         "config": fingerprint, "dataset": data.spec.name, "arch": arch, "defence": defence,
-        "epochs": epochs, "batch_size": batch_size, "train_fraction": train_fraction, "seed": seed,
+        "epochs": epochs, "batch_size": batch_size, "train_fraction": float(train_fraction), "seed": seed,
         "normalisation": normalisation, "eval_every": eval_every, "bf16_autocast": acceleration.bf16_autocast,
         "compile": acceleration.compile,
     })

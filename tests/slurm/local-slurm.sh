@@ -9,7 +9,14 @@
 #
 # Environment:
 #   LOCAL_SLURM_STATE      state, spool, logs, pid files and fake GPU devices (default /tmp/local-slurm)
-#   LOCAL_SLURM_FAKE_GPUS  number of fake GPUs on the node, 0..5 (default 2)
+#   LOCAL_SLURM_FAKE_GPUS  number of fake GPUs on the node, 0..5 (default 4)
+#   LOCAL_SLURM_CPUS       CPUs the node claims (default: the machine's, at least 8)
+#   LOCAL_SLURM_MEMORY_MB  memory the node claims (default: 80 % of the machine's, at least 128000)
+#
+# Why the node may claim more than the machine has: test jobs ask for production-sized resources
+# (2 threads, 16 GB) but use a fraction of them. On a 2-core CI machine they would otherwise run
+# one at a time, and each costs half a minute of waiting for the executor's status poll (it backs
+# off by 10 s per round). Memory is not enforced here (no cgroups), so claiming more is harmless.
 #
 # Why fake GPUs are character devices: slurmd refuses gres.conf `File=` entries that are regular
 # files ("is not a valid character or block device") and then sets no CUDA_VISIBLE_DEVICES. We
@@ -17,7 +24,7 @@
 set -euo pipefail
 
 STATE=${LOCAL_SLURM_STATE:-/tmp/local-slurm}
-NGPU=${LOCAL_SLURM_FAKE_GPUS:-2}
+NGPU=${LOCAL_SLURM_FAKE_GPUS:-4}
 SLURM_CONF_DIR=/etc/slurm
 # Marks the configuration files as ours, so we never overwrite a real cluster's configuration.
 MARKER="# written by tests/slurm/local-slurm.sh"
@@ -42,8 +49,10 @@ install_packages() {
 # Prints the slurm.conf for this host; gres.conf is written by write_config.
 render_slurm_conf() {
   local host=$1 cpus mem gres_line="" gres_types=""
-  cpus=$(nproc)
-  mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
+  local machine_mem
+  machine_mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
+  cpus=${LOCAL_SLURM_CPUS:-$(($(nproc) > 8 ? $(nproc) : 8))}
+  mem=${LOCAL_SLURM_MEMORY_MB:-$((machine_mem > 128000 ? machine_mem : 128000))}
   if [ "$NGPU" -gt 0 ]; then
     gres_line="Gres=gpu:fake:$NGPU"
     gres_types="GresTypes=gpu"
@@ -62,6 +71,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 MpiDefault=none
+# Trust the CPUs and memory below even where the machine has less (see the top of this script).
+SlurmdParameters=config_overrides
 ReturnToService=2
 $gres_types
 StateSaveLocation=$STATE/ctld
@@ -139,6 +150,10 @@ wait_for_idle_node() {
 start() {
   [ "$(id -u)" -eq 0 ] || die "start needs root (it installs packages and writes $SLURM_CONF_DIR)"
   [[ "$NGPU" =~ ^[0-5]$ ]] || die "LOCAL_SLURM_FAKE_GPUS must be 0..5, got '$NGPU'"
+  [[ "${LOCAL_SLURM_CPUS:-1}" =~ ^[1-9][0-9]*$ ]] \
+    || die "LOCAL_SLURM_CPUS must be a positive integer, got '$LOCAL_SLURM_CPUS'"
+  [[ "${LOCAL_SLURM_MEMORY_MB:-1}" =~ ^[1-9][0-9]*$ ]] \
+    || die "LOCAL_SLURM_MEMORY_MB must be a positive integer, got '$LOCAL_SLURM_MEMORY_MB'"
   install_packages
   local host
   host=$(hostname -s)

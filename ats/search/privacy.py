@@ -1,0 +1,358 @@
+"""The privacy score S_pri (spec §3.3), vectorised over images and interpolation points.
+
+For an image x with label y, a noise image n and ``bins`` = K, the original code computes the
+gradient g* = ∇θ L(x, y) of L = 0.5 · cross-entropy over every parameter tensor, then for
+x_i = (i/K)·x + ((K−i)/K)·n, i = 0…K, the gradient g_i and the **unweighted mean over parameter
+tensors** of cos(g_i[p], g*[p]). S_pri is the trapezoid mean of that curve over t = i/K ∈ [0, 1]
+(the original's interval width cancels). Lower S_pri = gradients of nearby inputs say less about x.
+
+The original runs K + 2 batch-1 forward/backward passes per image. Here every interpolation point
+of several images is one sample of a single batched pass, and per-sample gradients are reduced to
+per-tensor dot products and norms on the device without host synchronisation. Two facts make this
+exact rather than approximate:
+
+* the model is in eval mode, so BatchNorm uses running statistics and every sample's gradient is
+  its own batch-1 gradient;
+* x_K = 1·x + 0·n is bit-for-bit x, so g* is the per-sample gradient of the last point and needs no
+  pass of its own.
+
+Two engines compute the per-sample statistics:
+
+``layerwise`` (the fast path, for models built from Conv2d, Linear and eval-mode BatchNorm — every
+architecture of :mod:`ats.case.models`): one forward pass, then a backward pass that computes only
+input gradients (no batched weight gradients are wasted). Hooks capture each layer's input and
+output gradient; the per-sample weight gradient of a conv/linear layer is a product of the two, so
+its norm and its dot product with the reference follow either from materialising it with one
+grouped convolution (cheap when there are many spatial positions T) or from T×T Gram matrices
+without materialising it (cheap when T·(out + in) < out·in, e.g. ResNet's last stage and the
+classifier). The Gram route also sums far fewer float32 terms, so it is the more accurate one.
+
+``vmap`` (general): ``torch.func.vmap(grad(...))`` over the samples, which handles any module type
+but materialises every per-sample gradient at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default, which the original used.
+DEFAULT_BINS = 20
+GradientMethod = Literal["auto", "layerwise", "vmap"]
+GRADIENT_METHODS: tuple[str, ...] = ("auto", "layerwise", "vmap")
+
+# Memory per chunk that default_chunk_size aims for; a CUDA OOM halves the chunk (scoring.py).
+_CHUNK_MEMORY_BUDGET_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
+_MAX_DEFAULT_CHUNK_POINTS = {"cpu": 256, "cuda": 4096}
+
+
+def uniform_noise(
+    shape: Sequence[int], generator: torch.Generator, mean: Sequence[float], std: Sequence[float]
+) -> Tensor:
+    """The start of the interpolation path: u ~ U[0, 1) per pixel, normalised as (u − mean)/std.
+
+    ``shape`` ends with (C, H, W); ``mean``/``std`` hold one value per channel. The tensor lives on
+    ``generator``'s device; draw on a CPU generator to get the same noise on every device.
+    """
+    if len(shape) < 3 or len(mean) != shape[-3] or len(std) != shape[-3]:
+        raise ValueError(
+            f"uniform_noise: shape {tuple(shape)} must end with (C, H, W) and mean/std need C values; "
+            f"got {len(mean)} means and {len(std)} stds"
+        )
+    uniform = torch.rand(tuple(shape), generator=generator, device=generator.device)
+    channel = (-1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=uniform.dtype, device=uniform.device).view(channel)
+    std_t = torch.tensor(std, dtype=uniform.dtype, device=uniform.device).view(channel)
+    return (uniform - mean_t) / std_t
+
+
+def interpolation_path(images: Tensor, noise: Tensor, bins: int) -> Tensor:
+    """x_i = (i/bins)·x + ((bins − i)/bins)·n for i = 0…bins, as (N·(bins+1), C, H, W), image-major.
+
+    The weights are exact at i = bins (1 and 0), so the last point of each image is the image itself.
+    """
+    steps = torch.arange(bins + 1, dtype=torch.float64, device=images.device)
+    image_weight = (steps / bins).to(images.dtype).view(1, -1, 1, 1, 1)
+    noise_weight = ((bins - steps) / bins).to(images.dtype).view(1, -1, 1, 1, 1)
+    path = image_weight * images.unsqueeze(1) + noise_weight * noise.unsqueeze(1)
+    return path.reshape(-1, *images.shape[1:])
+
+
+def trapezoid_mean(curves: Tensor) -> Tensor:
+    """S_pri of each row of ``curves`` (N, bins+1): the trapezoid-rule mean over t ∈ [0, 1]."""
+    bins = curves.shape[1] - 1
+    return (curves[:, :-1] + curves[:, 1:]).sum(dim=1) / (2 * bins)
+
+
+def require_eval_mode(model: nn.Module, purpose: str) -> None:
+    """Raise if any submodule is in training mode.
+
+    Training-mode BatchNorm mixes the samples of a batch, which would make batched scores differ
+    from the original batch-1 ones; the original computes both scores in eval mode.
+    """
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    if training:
+        raise ValueError(f"{purpose} needs the model in eval mode (call model.eval()); "
+                         f"in training mode: {', '.join(training[:5])}")
+
+
+def default_chunk_size(model: nn.Module, device: torch.device | str) -> int:
+    """Interpolation points per pass for a fixed memory budget, from the model's parameter count.
+
+    Per point a pass holds roughly the model's activations plus one layer's per-sample gradient
+    (layerwise) or all of them (vmap); both scale with the parameter count for the CIFAR networks
+    used here, so the budget is divided by four parameter copies.
+    """
+    kind = torch.device(device).type
+    kind = kind if kind in _CHUNK_MEMORY_BUDGET_BYTES else "cpu"
+    bytes_per_point = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    points = _CHUNK_MEMORY_BUDGET_BYTES[kind] // max(bytes_per_point, 1)
+    return int(min(max(points, 1), _MAX_DEFAULT_CHUNK_POINTS[kind]))
+
+
+def privacy_curves(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    noise: Tensor,
+    bins: int = DEFAULT_BINS,
+    chunk_size: int | None = None,
+    method: GradientMethod = "auto",
+) -> tuple[Tensor, Tensor]:
+    """S_pri of every image and its gradient-similarity curve.
+
+    ``images`` and ``noise`` are normalised float tensors (N, C, H, W) on the model's device,
+    ``labels`` (N,) integer classes. Several policies are scored at once by concatenating their
+    images. ``chunk_size`` bounds the interpolation points per pass (rounded down to whole images of
+    bins+1 points, at least one image; default :func:`default_chunk_size`). ``method`` picks the
+    engine (module docstring); ``auto`` uses ``layerwise`` when the model allows it.
+
+    Returns ``(scores (N,), curves (N, bins+1))``: curves[:, i] is the mean per-tensor cosine at
+    x_i, curves[:, bins] = 1 up to rounding. Non-finite model outputs give NaN, never an error.
+    """
+    _check_inputs(images, labels, noise, bins, chunk_size, method)
+    require_eval_mode(model, "S_pri")
+    num_tensors = len(list(model.parameters()))
+    if num_tensors == 0:
+        raise ValueError("S_pri: the model has no parameters")
+    cosine_sums = _choose_engine(model, method)
+    points = bins + 1
+    chunk_points = chunk_size if chunk_size is not None else default_chunk_size(model, images.device)
+    images_per_chunk = max(1, chunk_points // points)
+    curves = images.new_empty(len(images), points)
+    with torch.enable_grad():
+        for start in range(0, len(images), images_per_chunk):
+            stop = min(start + images_per_chunk, len(images))
+            inputs = interpolation_path(images[start:stop], noise[start:stop], bins)
+            targets = labels[start:stop].repeat_interleave(points)
+            curves[start:stop] = cosine_sums(model, inputs, targets, points) / num_tensors
+    return trapezoid_mean(curves), curves
+
+
+def _check_inputs(
+    images: Tensor, labels: Tensor, noise: Tensor, bins: int, chunk_size: int | None, method: str
+) -> None:
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"S_pri: images must be a float tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if noise.shape != images.shape or noise.dtype != images.dtype or noise.device != images.device:
+        raise ValueError(f"S_pri: noise {noise.dtype} {tuple(noise.shape)} on {noise.device} must match "
+                         f"images {images.dtype} {tuple(images.shape)} on {images.device}")
+    if labels.shape != (len(images),) or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"S_pri: labels must be an integer tensor of shape ({len(images)},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"S_pri: bins must be an integer >= 1, got {bins!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"S_pri: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if method not in GRADIENT_METHODS:
+        raise ValueError(f"S_pri: method must be one of {', '.join(GRADIENT_METHODS)}, got {method!r}")
+
+
+CosineSums = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+
+
+def _choose_engine(model: nn.Module, method: str) -> CosineSums:
+    unsupported = _unsupported_parameters(model)
+    if method == "vmap" or (method == "auto" and unsupported):
+        return _vmap_cosine_sums
+    if unsupported:
+        raise ValueError(f"S_pri method 'layerwise' cannot handle parameters {', '.join(unsupported[:5])} "
+                         f"(it supports Conv2d without groups, Linear and eval-mode BatchNorm); use 'vmap'")
+    return _layerwise_cosine_sums
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-tensor cosine from per-sample dot products and squared norms
+
+
+def _cosine(dot: Tensor, norm_sq: Tensor) -> Tensor:
+    """cos with the reference (last point of each image), as torch's cosine_similarity: (B, P)."""
+    norm = norm_sq.clamp_min(0).sqrt().clamp_min(COSINE_EPS)
+    return dot / (norm * norm[:, -1:])
+
+
+def _materialised_stats(per_sample: Tensor, points: int) -> tuple[Tensor, Tensor]:
+    """Dot products with the reference and squared norms of per-sample gradients (M, ...).
+
+    Elementwise products summed by ``sum`` (pairwise summation) rather than a matrix product:
+    BLAS dot products over ~10⁶ float32 terms lose ~1e-4 of relative precision.
+    """
+    grads = per_sample.reshape(-1, points, per_sample[0].numel())
+    return (grads * grads[:, -1:]).sum(dim=-1), (grads * grads).sum(dim=-1)
+
+
+def _gram_stats(output_grad: Tensor, layer_input: Tensor, points: int) -> tuple[Tensor, Tensor]:
+    """The same statistics for per-sample gradients G_m = Σ_t go_m[t] ⊗ a_m[t], never formed.
+
+    ``output_grad`` is (M, T, out), ``layer_input`` (M, T, in). ⟨G_m, G_r⟩ = Σ_{t,s}
+    (go_m go_rᵀ)[t,s] · (a_m a_rᵀ)[t,s], so norms and dots need T×T Gram matrices only.
+    """
+    positions = output_grad.shape[1]
+    norm_sq = (torch.bmm(output_grad, output_grad.transpose(1, 2))
+               * torch.bmm(layer_input, layer_input.transpose(1, 2))).sum(dim=(1, 2))
+    grad_rows = output_grad.reshape(-1, points * positions, output_grad.shape[2])
+    input_rows = layer_input.reshape(-1, points * positions, layer_input.shape[2])
+    grad_ref, input_ref = grad_rows[:, -positions:], input_rows[:, -positions:]
+    cross = torch.bmm(grad_rows, grad_ref.transpose(1, 2)) * torch.bmm(input_rows, input_ref.transpose(1, 2))
+    dot = cross.reshape(-1, points, positions * positions).sum(dim=-1)
+    return dot, norm_sq.reshape(-1, points)
+
+
+def _gram_is_cheaper(positions: int, out_features: int, in_features: int) -> bool:
+    """Gram matrices cost ~T²·(out+in) per sample, materialising ~T·out·in plus its memory."""
+    return positions * (out_features + in_features) < out_features * in_features
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine 1: layerwise hooks
+
+
+def _is_supported_layer(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.track_running_stats and module.running_mean is not None
+    return isinstance(module, nn.Linear)
+
+
+def _unsupported_parameters(model: nn.Module) -> list[str]:
+    """Parameters the layerwise engine cannot attribute to exactly one supported layer."""
+    owners: Counter[int] = Counter()
+    unsupported = []
+    for module_name, module in model.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            owners[id(parameter)] += 1
+            if not _is_supported_layer(module) or name not in ("weight", "bias"):
+                unsupported.append(f"{module_name}.{name}" if module_name else name)
+    shared = [name for name, parameter in model.named_parameters() if owners[id(parameter)] > 1]
+    return unsupported + [f"{name} (shared)" for name in shared]
+
+
+def _layer_stats(module: nn.Module, layer_input: Tensor, output_grad: Tensor, points: int
+                 ) -> Iterator[tuple[Tensor, Tensor]]:
+    """(dot, squared norm) of the per-sample gradient of each parameter tensor of ``module``."""
+    samples = layer_input.shape[0]
+    if isinstance(module, nn.Conv2d):
+        out_channels, in_channels, kernel_h, kernel_w = module.weight.shape
+        positions = output_grad.shape[2] * output_grad.shape[3]
+        if _gram_is_cheaper(positions, out_channels, in_channels * kernel_h * kernel_w):
+            columns = F.unfold(layer_input, module.kernel_size, module.dilation, module.padding, module.stride)
+            yield _gram_stats(output_grad.flatten(2).transpose(1, 2), columns.transpose(1, 2), points)
+        else:
+            # Samples as groups: one grouped weight-gradient convolution gives every sample's gradient.
+            per_sample = torch.nn.grad.conv2d_weight(
+                layer_input.reshape(1, samples * in_channels, *layer_input.shape[2:]),
+                (samples * out_channels, in_channels, kernel_h, kernel_w),
+                output_grad.reshape(1, samples * out_channels, *output_grad.shape[2:]),
+                module.stride, module.padding, module.dilation, groups=samples,
+            )
+            yield _materialised_stats(per_sample.reshape(samples, -1), points)
+        if module.bias is not None:
+            yield _materialised_stats(output_grad.sum(dim=(2, 3)), points)
+    elif isinstance(module, nn.Linear):
+        rows_in = layer_input.reshape(samples, -1, module.in_features)
+        rows_grad = output_grad.reshape(samples, -1, module.out_features)
+        if _gram_is_cheaper(rows_in.shape[1], module.out_features, module.in_features):
+            yield _gram_stats(rows_grad, rows_in, points)
+        else:
+            yield _materialised_stats(torch.bmm(rows_grad.transpose(1, 2), rows_in), points)
+        if module.bias is not None:
+            yield _materialised_stats(rows_grad.sum(dim=1), points)
+    else:  # eval-mode BatchNorm: y = γ·x̂ + β with x̂ from the running statistics
+        reduce_dims = tuple(range(2, layer_input.ndim))
+        channel_shape = (1, -1) + (1,) * len(reduce_dims)
+        if module.weight is not None:
+            normalised = (layer_input - module.running_mean.view(channel_shape)) * torch.rsqrt(
+                module.running_var.view(channel_shape) + module.eps)
+            yield _materialised_stats((output_grad * normalised).sum(dim=reduce_dims), points)
+        if module.bias is not None:
+            yield _materialised_stats(output_grad.sum(dim=reduce_dims), points)
+
+
+def _layerwise_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, points: int) -> Tensor:
+    """Σ over parameter tensors of the per-sample cosine with the reference, (B, points).
+
+    Forward hooks keep each layer's input and hook its output's gradient; the backward pass asks
+    autograd for the input gradient only, so the batched weight gradients are never computed.
+    """
+    layers = [module for module in model.modules() if any(True for _ in module.parameters(recurse=False))]
+    expected_tensors = sum(len(list(module.parameters(recurse=False))) for module in layers)
+    cosine_sum = inputs.new_zeros(len(inputs) // points, points)
+    tensors_done = [0]
+    calls: Counter[nn.Module] = Counter()
+
+    def on_forward(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        calls[module] += 1
+        if calls[module] > 1:
+            raise RuntimeError(f"S_pri layerwise: {type(module).__name__} runs twice in one forward pass, "
+                               f"so its per-sample gradients cannot be attributed; use method='vmap'")
+        layer_input, version = args[0].detach(), args[0]._version
+
+        def on_output_grad(output_grad: Tensor) -> None:
+            if layer_input._version != version:
+                raise RuntimeError(f"S_pri layerwise: the input of {type(module).__name__} was modified "
+                                   f"in place after the layer ran; use method='vmap'")
+            for dot, norm_sq in _layer_stats(module, layer_input, output_grad, points):
+                cosine_sum.add_(_cosine(dot, norm_sq))
+                tensors_done[0] += 1
+
+        output.register_hook(on_output_grad)
+
+    handles = [module.register_forward_hook(on_forward) for module in layers]
+    try:
+        inputs = inputs.detach().requires_grad_(True)
+        loss = 0.5 * F.cross_entropy(model(inputs), labels, reduction="sum")
+        torch.autograd.grad(loss, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if tensors_done[0] != expected_tensors:
+        raise RuntimeError(f"S_pri layerwise: gradients reached {tensors_done[0]} of {expected_tensors} "
+                           f"parameter tensors (unused layers?); use method='vmap'")
+    return cosine_sum
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine 2: torch.func
+
+
+def _vmap_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, points: int) -> Tensor:
+    """The same sums via ``vmap(grad(...))`` over samples; works for any module type."""
+    parameters = {name: parameter.detach() for name, parameter in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def sample_loss(params: dict[str, Tensor], image: Tensor, label: Tensor) -> Tensor:
+        logits = functional_call(model, (params, buffers), (image.unsqueeze(0),))
+        return 0.5 * F.cross_entropy(logits, label.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(parameters, inputs, labels)
+    cosine_sum = inputs.new_zeros(len(inputs) // points, points)
+    for gradient in per_sample.values():
+        cosine_sum.add_(_cosine(*_materialised_stats(gradient, points)))
+    return cosine_sum
+

@@ -1,0 +1,494 @@
+"""``make bench``: time the library's fast paths against the straightforward references.
+
+Every figure is a ratio measured in one run, on the same inputs, against a reference in
+:mod:`benchmarks.reference` that follows the original code's structure. Each benchmark times the
+library and the reference in alternating rounds (after one warm-up), so that load from other
+processes on a shared machine hits both sides alike, and reports the median of the rounds.
+
+The table goes to stdout and everything (machine, device, versions, date, sizes, every round's
+time, targets and whether they are met) to ``results/benchmarks/bench.json``.
+
+Usage::
+
+    python -m benchmarks.run [--device cpu|cuda] [--quick] [--only spri attack ...] [--output PATH]
+
+``--quick`` runs every benchmark on tiny sizes in a few seconds; the smoke test uses it to check
+the keys and the agreement with the references. Its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ats.attack.configs import ATTACKS
+from ats.attack.reconstruct import observed_gradients, reconstruct
+from ats.case.models import build_model
+from ats.policies import parse_policy
+from ats.runtime.atomic import write_json
+from ats.runtime.seeding import derive_seed, torch_generator
+from ats.search.accuracy import accuracy_score
+from ats.search.privacy import privacy_curves
+from ats.transforms.pipeline import AugmentationDraw, Preprocessor, sample_draw
+from benchmarks import reference
+
+DEFAULT_OUTPUT = Path("results/benchmarks/bench.json")
+BENCHMARKS = ("spri", "attack", "augment", "policy")
+SEED = 23333
+NUM_CLASSES = 100  # the paper's CIFAR-100 setting
+IMAGE_SHAPE = (3, 32, 32)
+# CIFAR-10 constants, which the original used for CIFAR-100 (spec §2.4).
+MEAN = (0.4914672374725342, 0.4822617471218109, 0.4467701315879822)
+STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
+# The README's example hybrid policy; a hybrid with each of the 13 transforms of the 50-op list
+# once (rotate, shearY, equalize / posterize, solarize, invert / color, brightness, sharpness /
+# autocontrast, contrast, translateX, translateY); and the paper scale of one policy's scoring (spec §3, §4).
+BENCH_POLICY = "3-1-7+43-18-18"
+ALL_TRANSFORMS_POLICY = "2-6-9+11-37-0+12-13-14+8-1-21-7"
+AUGMENT_BATCH = 128
+PAPER_PRIVACY_IMAGES = 100 * 5
+PAPER_ACCURACY_RUNS = 10
+PAPER_ACCURACY_BATCH = 63  # distinct labels among 100 consecutive CIFAR-100 test images, on average
+PAPER_SEARCH_POLICIES = 1600
+
+# Targets of the issue, per device kind: (key, comparison, bound).
+TARGETS: dict[str, list[tuple[str, str, float]]] = {
+    "cpu": [
+        ("spri_speedup_resnet20", ">=", 2.5),
+        ("spri_speedup_resnet20_4", ">=", 1.4),
+        ("spri_floor_ratio", "<=", 1.3),
+        ("attack_speedup", ">=", 1.1),
+        ("augment_speedup", ">=", 2.0),
+        ("spri_max_abs_diff", "<=", 1e-4),
+        ("attack_max_abs_diff", "<=", 1e-4),
+    ],
+    "cuda": [
+        ("spri_speedup_resnet20", ">=", 30.0),
+        ("spri_speedup_resnet20_4", ">=", 30.0),
+        ("spri_floor_ratio", "<=", 2.0),
+        ("attack_speedup", ">=", 20.0),
+        ("augment_speedup", ">=", 10.0),
+        ("spri_max_abs_diff", "<=", 1e-4),
+        ("attack_max_abs_diff", "<=", 1e-4),
+        ("search_1600_policies_hours", "<=", 1.0),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does; chosen so that the CPU suite stays under 10 minutes.
+
+    ``rounds``: timed rounds after the warm-up (the median is reported). ``spri_images``: images
+    per model for S_pri (each costs the reference ``bins + 2`` batch-1 passes). ``attack_archs``:
+    the victims, the first one giving the headline ``attack_speedup``. ``augment_workers``: the
+    reference DataLoader's workers (the original used 4). ``policy_privacy_images`` and
+    ``policy_accuracy_runs`` (of ``accuracy_batch`` images): the measured fraction of one policy.
+    """
+
+    rounds: int
+    spri_images: dict[str, int]
+    bins: int
+    attack_archs: tuple[str, ...]
+    attack_batch: int
+    attack_iterations: int
+    augment_images: int
+    augment_workers: int
+    policy_privacy_images: int
+    policy_accuracy_runs: int
+    accuracy_batch: int = PAPER_ACCURACY_BATCH
+
+
+SIZES: dict[str, Sizes] = {
+    "cpu": Sizes(rounds=3, spri_images={"ResNet20": 8, "ResNet20-4": 4}, bins=20,
+                 attack_archs=("ResNet20-4", "ResNet20"), attack_batch=32, attack_iterations=2,
+                 augment_images=2048, augment_workers=min(4, len(os.sched_getaffinity(0))),
+                 policy_privacy_images=5, policy_accuracy_runs=2),
+    "cuda": Sizes(rounds=5, spri_images={"ResNet20": 64, "ResNet20-4": 32}, bins=20,
+                  attack_archs=("ResNet20-4", "ResNet20"), attack_batch=64, attack_iterations=10,
+                  augment_images=20_000, augment_workers=4,
+                  policy_privacy_images=100, policy_accuracy_runs=10),
+    "quick": Sizes(rounds=1, spri_images={"ResNet20": 1, "ResNet20-4": 1}, bins=2,
+                   attack_archs=("ResNet20",), attack_batch=2, attack_iterations=1,
+                   augment_images=16, augment_workers=0,
+                   policy_privacy_images=1, policy_accuracy_runs=1, accuracy_batch=4),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(function: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    _synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    _synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def time_alternating(functions: dict[str, Callable[[], Any]], device: torch.device,
+                     rounds: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Warm every function up once, then time ``rounds`` rounds that call each function in turn.
+
+    Alternating (rather than timing all rounds of one function, then the next) spreads load from
+    other processes over both sides of a ratio. Returns each function's times and last result.
+    """
+    results = {name: function() for name, function in functions.items()}
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            seconds, results[name] = _time_once(function, device)
+            times[name].append(seconds)
+    return times, results
+
+
+def _median(times: Sequence[float]) -> float:
+    return float(statistics.median(times))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _model(arch: str, device: torch.device, purpose: str) -> torch.nn.Module:
+    """A freshly initialised model in eval mode; weights seeded by ``(arch, purpose)``."""
+    torch.manual_seed(derive_seed(SEED, "bench", purpose, arch))
+    return build_model(arch, NUM_CLASSES, IMAGE_SHAPE[0]).to(device).eval()
+
+
+def _normalised_images(count: int, device: torch.device, purpose: str) -> torch.Tensor:
+    """Random pixels in [0, 1], normalised with the CIFAR constants, ``(count, 3, 32, 32)``."""
+    pixels = torch.rand((count, *IMAGE_SHAPE), generator=torch_generator(SEED, "bench", purpose))
+    mean = torch.tensor(MEAN).reshape(1, -1, 1, 1)
+    std = torch.tensor(STD).reshape(1, -1, 1, 1)
+    return ((pixels - mean) / std).to(device)
+
+
+def _labels(count: int, device: torch.device, purpose: str) -> torch.Tensor:
+    generator = torch_generator(SEED, "bench", purpose, "labels")
+    return torch.randint(0, NUM_CLASSES, (count,), generator=generator).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks
+
+
+def _interpolants(images: torch.Tensor, noise: torch.Tensor, bins: int) -> torch.Tensor:
+    """All ``N·(bins + 1)`` points of the S_pri paths, image-major."""
+    weights = torch.arange(bins + 1, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1, 1) / bins
+    return (weights * images[:, None] + (1 - weights) * noise[:, None]).flatten(0, 1)
+
+
+def bench_spri(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """S_pri per model: library ``privacy_curves`` vs the per-image loop vs the batched floor."""
+    record: dict[str, Any] = {}
+    diffs = []
+    floor_ratios = []
+    for arch, count in sizes.spri_images.items():
+        key = arch.lower().replace("-", "_")
+        model = _model(arch, device, "spri")
+        images = _normalised_images(count, device, f"spri-{arch}")
+        labels = _labels(count, device, f"spri-{arch}")
+        noise = _normalised_images(count, device, f"spri-noise-{arch}")
+        points = _interpolants(images, noise, sizes.bins)
+        point_labels = labels.repeat_interleave(sizes.bins + 1)
+        times, results = time_alternating({
+            "library": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins),
+            "reference": lambda: reference.privacy_scores(model, images, labels, noise, bins=sizes.bins),
+            "floor": lambda: reference.batched_forward_backward(model, points, point_labels),
+        }, device, sizes.rounds)
+        library_scores, library_curves = (t.detach().double().cpu() for t in results["library"])
+        reference_scores, reference_curves = results["reference"]
+        score_diff = float((library_scores - reference_scores).abs().max())
+        curve_diff = float((library_curves - reference_curves).abs().max())
+        library_s, reference_s, floor_s = (_median(times[name]) for name in ("library", "reference", "floor"))
+        diffs.append(score_diff)
+        floor_ratios.append(library_s / floor_s)
+        record[f"spri_speedup_{key}"] = reference_s / library_s
+        record[f"spri_floor_ratio_{key}"] = library_s / floor_s
+        record[f"spri_max_abs_diff_{key}"] = score_diff
+        record[f"spri_curve_max_abs_diff_{key}"] = curve_diff
+        record[f"spri_seconds_per_image_{key}"] = library_s / count
+        record[f"spri_reference_seconds_per_image_{key}"] = reference_s / count
+        record.setdefault("timings", {})[f"spri_{key}"] = {"images": count, "bins": sizes.bins, "seconds": times}
+    record["spri_max_abs_diff"] = max(diffs)
+    record["spri_floor_ratio"] = max(floor_ratios)
+    return record
+
+
+def bench_attack(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Inverting Gradients: one batched ``reconstruct`` vs the reference attacking one image at a time."""
+    config = ATTACKS["inversed"].with_iterations(sizes.attack_iterations)
+    mean = torch.tensor(MEAN, device=device)
+    std = torch.tensor(STD, device=device)
+    record: dict[str, Any] = {}
+    diffs = []
+    for arch in sizes.attack_archs:
+        key = arch.lower().replace("-", "_")
+        model = _model(arch, device, "attack")
+        targets = _normalised_images(sizes.attack_batch, device, f"attack-{arch}")
+        labels = _labels(sizes.attack_batch, device, f"attack-{arch}")
+        observed = observed_gradients(model, targets, labels)
+
+        def generators() -> list[torch.Generator]:
+            """Per-target CPU generators, fresh for every call so both sides start from the same images."""
+            return [torch_generator(SEED, "bench", "attack", arch, index) for index in range(sizes.attack_batch)]
+
+        def library() -> torch.Tensor:
+            return reconstruct(model, observed, labels, config, IMAGE_SHAPE, MEAN, STD, generators()).images
+
+        def one_at_a_time() -> torch.Tensor:
+            results = []
+            for index, generator in enumerate(generators()):
+                initial = torch.randn((config.restarts, *IMAGE_SHAPE), generator=generator).to(device)
+                results.append(reference.attack_one_image(
+                    model, [g[index] for g in observed], labels[index:index + 1], initial, config, mean, std))
+            return torch.cat(results)
+
+        times, results = time_alternating({"library": library, "reference": one_at_a_time}, device, sizes.rounds)
+        diff = float((results["library"] - results["reference"]).abs().max())
+        diffs.append(diff)
+        record[f"attack_speedup_{key}"] = _median(times["reference"]) / _median(times["library"])
+        record[f"attack_max_abs_diff_{key}"] = diff
+        record[f"attack_seconds_per_attack_iteration_{key}"] = (
+            _median(times["library"]) / (sizes.attack_batch * sizes.attack_iterations))
+        record.setdefault("timings", {})[f"attack_{key}"] = {
+            "batch": sizes.attack_batch, "iterations": sizes.attack_iterations, "seconds": times}
+    headline = sizes.attack_archs[0].lower().replace("-", "_")
+    record["attack_speedup"] = record[f"attack_speedup_{headline}"]
+    record["attack_speedup_arch"] = sizes.attack_archs[0]
+    record["attack_max_abs_diff"] = max(diffs)
+    return record
+
+
+def _random_uint8_images(count: int) -> np.ndarray:
+    """Random ``count×32×32×3`` uint8 pixels (the at-rest layout of the HDF5 caches)."""
+    return np.random.default_rng(derive_seed(SEED, "bench", "augment")).integers(
+        0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+
+
+def _augment_one_policy(policy_text: str, pixels: np.ndarray, sizes: Sizes,
+                        device: torch.device) -> tuple[dict[str, list[float]], float]:
+    """Times of the batched pipeline and of the PIL DataLoader on ``pixels``, and their max abs diff.
+
+    The library side draws its augmentations batch by batch from a freshly seeded generator, as a
+    training loop would; the reference replays the very same draws, so the outputs must agree.
+    """
+    policy = parse_policy(policy_text)
+    preprocessor = Preprocessor(IMAGE_SHAPE[0], MEAN, STD, device)
+    starts = range(0, len(pixels), AUGMENT_BATCH)
+
+    def batched() -> list[torch.Tensor]:
+        generator = torch_generator(SEED, "bench", "augment", policy_text)
+        outputs = []
+        for start in starts:
+            batch = pixels[start:start + AUGMENT_BATCH]
+            draw = sample_draw(policy, len(batch), generator)
+            outputs.append(preprocessor(batch, "policy", policy, draw))
+        return outputs
+
+    replay = torch_generator(SEED, "bench", "augment", policy_text)
+    draw = AugmentationDraw.concat([sample_draw(policy, len(pixels[start:start + AUGMENT_BATCH]), replay)
+                                    for start in starts])
+    loader = torch.utils.data.DataLoader(
+        reference.PolicyDataset(pixels, policy, draw, MEAN, STD), batch_size=AUGMENT_BATCH,
+        num_workers=sizes.augment_workers, persistent_workers=sizes.augment_workers > 0)
+
+    def per_image() -> list[torch.Tensor]:
+        return [batch.to(device) for batch in loader]
+
+    times, results = time_alternating({"library": batched, "reference": per_image}, device, sizes.rounds)
+    diff = max(float((ours - theirs).abs().max()) for ours, theirs in zip(results["library"], results["reference"]))
+    return times, diff
+
+
+def bench_augment(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Crop + flip + policy + normalise of a data set: batched pipeline vs per-image PIL in a DataLoader.
+
+    Timed on the README's example policy (the headline) and on a hybrid that uses every transform
+    of the 50-op list once, since the batched cost differs a lot between transforms.
+    """
+    pixels = _random_uint8_images(sizes.augment_images)
+    record: dict[str, Any] = {"timings": {}}
+    for name, policy_text in (("", BENCH_POLICY), ("_all_transforms", ALL_TRANSFORMS_POLICY)):
+        times, diff = _augment_one_policy(policy_text, pixels, sizes, device)
+        library_s, reference_s = _median(times["library"]), _median(times["reference"])
+        record[f"augment_speedup{name}"] = reference_s / library_s
+        record[f"augment_max_abs_diff{name}"] = diff
+        record[f"augment_images_per_second{name}"] = sizes.augment_images / library_s
+        record[f"augment_reference_images_per_second{name}"] = sizes.augment_images / reference_s
+        record["timings"][f"augment{name}"] = {"images": sizes.augment_images, "policy": policy_text,
+                                                "reference_workers": sizes.augment_workers, "seconds": times}
+    return record
+
+
+def bench_policy(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Seconds to score one policy at the paper's scale on ResNet20-4, from a measured fraction.
+
+    One policy costs S_pri on 100 classes × 5 images on the tiny-data model and 10 S_acc runs of
+    about 63 images on the untrained model (spec §3, §4). Both are timed here (after a warm-up) on
+    ``policy_privacy_images`` images and ``policy_accuracy_runs`` runs, then scaled linearly.
+    """
+    arch = "ResNet20-4"
+    model = _model(arch, device, "policy")
+    count = sizes.policy_privacy_images
+    images = _normalised_images(count, device, "policy")
+    labels = _labels(count, device, "policy")
+    noise = _normalised_images(count, device, "policy-noise")
+    accuracy_images = _normalised_images(sizes.accuracy_batch, device, "policy-accuracy")
+
+    privacy_times, _ = time_alternating(
+        {"privacy": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins)}, device, 1)
+    accuracy_times, _ = time_alternating(
+        {"accuracy": lambda: accuracy_score(model, accuracy_images)}, device, sizes.policy_accuracy_runs)
+    privacy_per_image = privacy_times["privacy"][0] / count
+    accuracy_per_run = _median(accuracy_times["accuracy"])
+    seconds = PAPER_PRIVACY_IMAGES * privacy_per_image + PAPER_ACCURACY_RUNS * accuracy_per_run
+    return {
+        "policy_seconds_resnet20_4": seconds,
+        "policy_seconds_resnet20_4_method": (
+            f"extrapolated: S_pri timed on {count} of {PAPER_PRIVACY_IMAGES} images (bins {sizes.bins}, "
+            f"library default chunking) and scaled x{PAPER_PRIVACY_IMAGES / count:g}; S_acc timed as the "
+            f"median of {sizes.policy_accuracy_runs} run(s) of {sizes.accuracy_batch} images and scaled to "
+            f"{PAPER_ACCURACY_RUNS} runs; model ResNet20-4 with 100 classes, untrained weights (same "
+            f"cost as trained); augmentation not included"),
+        "search_1600_policies_hours": seconds * PAPER_SEARCH_POLICIES / 3600,
+        "timings": {"policy": {"privacy_images": count, "privacy_seconds": privacy_times["privacy"],
+                               "accuracy_images": sizes.accuracy_batch,
+                               "accuracy_seconds": accuracy_times["accuracy"]}},
+    }
+
+
+RUNNERS: dict[str, Callable[[Sizes, torch.device], dict[str, Any]]] = {
+    "spri": bench_spri, "attack": bench_attack, "augment": bench_augment, "policy": bench_policy,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on; the load average flags a machine shared with other work."""
+    description: dict[str, Any] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)),
+        "memory_gib": _memory_gib(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        description["gpu"] = properties.name
+        description["gpu_memory_gib"] = properties.total_memory / 2**30
+    return description
+
+
+def evaluate_targets(record: dict[str, Any], device_kind: str) -> dict[str, dict[str, Any]]:
+    """Each target of the issue that this run measured: the bound, the value and whether it is met."""
+    checks = {}
+    for key, comparison, bound in TARGETS[device_kind]:
+        if key not in record:
+            continue
+        value = record[key]
+        met = value >= bound if comparison == ">=" else value <= bound
+        checks[key] = {"target": f"{comparison} {bound:g}", "value": value, "met": bool(met)}
+    return checks
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """The headline numbers and their targets as an aligned text table."""
+    rows = [("key", "value", "target", "met")]
+    targets = record.get("targets", {})
+    shown = [key for key in sorted(record) if isinstance(record[key], (int, float)) and not isinstance(record[key], bool)]
+    for key in shown:
+        value = record[key]
+        text = f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.3f}"
+        target = targets.get(key)
+        rows.append((key, text, target["target"] if target else "", ("yes" if target["met"] else "NO") if target else ""))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, timings meaningless")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
+                        help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    arguments = parse_arguments(argv)
+    if arguments.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but torch sees no CUDA device")
+    device = torch.device(arguments.device)
+    sizes = SIZES["quick" if arguments.quick else arguments.device]
+    record: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "torch_version": torch.__version__,
+        "machine": machine_description(device),
+        "quick": arguments.quick,
+        "benchmarks": list(arguments.only),
+        "sizes": asdict(sizes),
+        "load_average_start": os.getloadavg(),
+        "timings": {},
+    }
+    for name in BENCHMARKS:
+        if name not in arguments.only:
+            continue
+        started = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        results = RUNNERS[name](sizes, device)
+        record["timings"].update(results.pop("timings", {}))
+        record.update(results)
+        record["timings"][f"{name}_wall_seconds"] = time.perf_counter() - started
+    record["load_average_end"] = os.getloadavg()
+    record["targets"] = evaluate_targets(record, arguments.device)
+    write_json(arguments.output, record)
+    print(format_table(record))
+    print(f"\nwritten to {arguments.output}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Assertions of the real-scheduler test (tests/slurm/run-slurm-test.sh), in plain Python.
+
+    check_slurm_run.py jobs RUN_DIR --gpu-rules a,b   every non-local job ran under Slurm, GPU
+                                                      stages got a GPU, benchmarks timed each job
+    check_slurm_run.py compare LOCAL_DIR SLURM_DIR    both runs wrote the same results
+
+The evidence comes from three independent places: Snakemake's own log of the run (which jobs were
+local, which Slurm job id each remote job got, which resources it declared), each job's log file
+(the ``runtime ...`` line of ats.runtime.device.log_runtime, written inside the job) and Slurm's
+record of the job (``scontrol show job``: what was requested). Exit status 1 with one line per
+failed assertion; 0 when everything holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+JOB_HEADER = re.compile(r"^(?P<local>local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+JOB_FIELD = re.compile(r"^    (?P<key>\w+): (?P<value>.*)$")
+SUBMITTED = re.compile(r"^Job (?P<jobid>\d+) has been submitted with SLURM jobid (?P<slurm>\d+) ")
+UNSET = {"", "unset", "NoDevFiles"}
+
+
+@dataclass
+class Job:
+    """One job as Snakemake's log of the run describes it."""
+
+    rule: str
+    local: bool
+    fields: dict[str, str] = field(default_factory=dict)
+    slurm_job_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        wildcards = self.fields.get("wildcards")
+        return f"{self.rule}[{wildcards}]" if wildcards else self.rule
+
+    def paths(self, key: str) -> list[str]:
+        return [item.strip() for item in self.fields.get(key, "").split(",") if item.strip()]
+
+    @property
+    def gpus(self) -> int:
+        match = re.search(r"\bgpu=(\d+)", self.fields.get("resources", ""))
+        return int(match.group(1)) if match else 0
+
+
+def parse_snakemake_log(log_path: Path) -> list[Job]:
+    """The jobs of one run, from the ``rule X:`` blocks and the Slurm submission lines."""
+    jobs_by_id: dict[str, Job] = {}
+    current: Job | None = None
+    for line in log_path.read_text().splitlines():
+        header = JOB_HEADER.match(line)
+        if header:
+            current = Job(rule=header["rule"], local=bool(header["local"]))
+            continue
+        field_line = JOB_FIELD.match(line) if current is not None else None
+        if field_line:
+            current.fields[field_line["key"]] = field_line["value"]
+            if field_line["key"] == "jobid":
+                jobs_by_id[field_line["value"]] = current
+            continue
+        current = None
+        submitted = SUBMITTED.match(line)
+        if submitted and submitted["jobid"] in jobs_by_id:
+            jobs_by_id[submitted["jobid"]].slurm_job_id = submitted["slurm"]
+    return list(jobs_by_id.values())
+
+
+def latest_snakemake_log(run_dir: Path) -> Path:
+    logs = sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        raise SystemExit(f"no Snakemake log under {run_dir}/.snakemake/log: did the run start?")
+    return logs[-1]
+
+
+def logged_values(log_text: str, variable: str) -> set[str]:
+    """Every value ``variable=...`` takes in a job log (shell quotes removed)."""
+    return {value.strip("'\"") for value in re.findall(rf"\b{variable}=(\S+)", log_text)}
+
+
+def slurm_job_record(slurm_job_id: str) -> str:
+    result = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner", slurm_job_id],
+        capture_output=True, text=True, timeout=20, check=False,
+    )
+    return result.stdout if result.returncode == 0 else ""
+
+
+def check_jobs(run_dir: Path, gpu_rules: set[str]) -> list[str]:
+    problems: list[str] = []
+    snakemake_log = latest_snakemake_log(run_dir)
+    remote_jobs = [job for job in parse_snakemake_log(snakemake_log) if not job.local]
+    if not remote_jobs:
+        return [f"{snakemake_log}: no job was sent to Slurm"]
+    ran_gpu_rules = set()
+    for job in remote_jobs:
+        if job.slurm_job_id is None:
+            problems.append(f"{job.name}: not submitted to Slurm (no 'SLURM jobid' line)")
+            continue
+        declares_gpu = job.gpus > 0
+        if declares_gpu != (job.rule in gpu_rules):
+            problems.append(
+                f"{job.name}: declares gpu={job.gpus}, but it is "
+                f"{'' if job.rule in gpu_rules else 'not '}listed as a GPU stage"
+            )
+        logs = job.paths("log")
+        if not logs:
+            problems.append(f"{job.name}: the rule has no log: file")
+        for log in logs:
+            log_path = run_dir / log
+            if not log_path.exists():
+                problems.append(f"{job.name}: log {log_path} is missing")
+                continue
+            text = log_path.read_text(errors="replace")
+            seen_ids = logged_values(text, "SLURM_JOB_ID")
+            if seen_ids != {job.slurm_job_id}:
+                problems.append(
+                    f"{job.name}: log {log} records SLURM_JOB_ID {sorted(seen_ids) or 'nowhere'}, "
+                    f"expected {job.slurm_job_id} (the job must log its runtime line)"
+                )
+            visible = logged_values(text, "CUDA_VISIBLE_DEVICES")
+            if declares_gpu and (not visible or visible & UNSET):
+                problems.append(
+                    f"{job.name}: GPU job saw no CUDA_VISIBLE_DEVICES (logged: {sorted(visible)})"
+                )
+            if not declares_gpu and visible - UNSET:
+                problems.append(f"{job.name}: CPU job saw CUDA_VISIBLE_DEVICES={sorted(visible)}")
+        record = slurm_job_record(job.slurm_job_id)
+        if not record:
+            problems.append(f"{job.name}: Slurm has no record of job {job.slurm_job_id}")
+        elif ("gres:gpu" in record or "gres/gpu" in record) != declares_gpu:
+            requested = re.findall(r"(?:TresPerJob|TresPerNode|TRES)=(\S+)", record)
+            problems.append(
+                f"{job.name}: Slurm job {job.slurm_job_id} requested {requested}, "
+                f"{'expected' if declares_gpu else 'unexpected'} a GPU"
+            )
+        if declares_gpu:
+            ran_gpu_rules.add(job.rule)
+        for benchmark in job.paths("benchmark"):
+            problems += check_benchmark(job, run_dir / benchmark)
+    for rule in sorted(gpu_rules - ran_gpu_rules):
+        problems.append(f"GPU stage {rule} did not run under Slurm in this run")
+    print(
+        f"jobs: {len(remote_jobs)} Slurm jobs checked "
+        f"({sum(job.gpus > 0 for job in remote_jobs)} with a GPU), log {snakemake_log}"
+    )
+    return problems
+
+
+def check_benchmark(job: Job, path: Path) -> list[str]:
+    """A benchmark: file exists and records the job's wall time (column ``s``) in seconds."""
+    if not path.exists():
+        return [f"{job.name}: benchmark {path} is missing"]
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    try:
+        wall_times = [float(row["s"]) for row in rows]
+    except (KeyError, ValueError):
+        return [f"{job.name}: benchmark {path} has no wall time column 's'"]
+    if not wall_times or min(wall_times) <= 0:
+        return [f"{job.name}: benchmark {path} records no positive wall time: {wall_times}"]
+    return []
+
+
+def result_files(results: Path, ignored: list[str]) -> set[str]:
+    files = {str(path.relative_to(results)) for path in results.rglob("*") if path.is_file()}
+    return {name for name in files if not any(name.startswith(prefix + "/") for prefix in ignored)}
+
+
+def h5_differences(expected: Path, actual: Path) -> list[str]:
+    """Where two HDF5 files differ in datasets or attributes (not in byte layout)."""
+
+    def contents(path: Path) -> dict[str, object]:
+        items: dict[str, object] = {}
+        with h5py.File(path, "r") as handle:
+            def visit(name: str, obj: object) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    items[name] = obj[()]
+                for key, value in obj.attrs.items():
+                    items[f"{name}@{key}"] = value
+
+            visit("/", handle)
+            handle.visititems(visit)
+        return items
+
+    left, right = contents(expected), contents(actual)
+    differences = [f"only in one file: {key}" for key in sorted(set(left) ^ set(right))]
+    for key in sorted(set(left) & set(right)):
+        if not np.array_equal(np.asarray(left[key]), np.asarray(right[key])):
+            differences.append(f"{key} differs")
+    return differences
+
+
+def compare_results(local_dir: Path, slurm_dir: Path, ignored: list[str]) -> list[str]:
+    expected_root, actual_root = local_dir / "results", slurm_dir / "results"
+    expected, actual = result_files(expected_root, ignored), result_files(actual_root, ignored)
+    problems = [f"only in the local run: {name}" for name in sorted(expected - actual)]
+    problems += [f"only in the Slurm run: {name}" for name in sorted(actual - expected)]
+    for name in sorted(expected & actual):
+        left, right = expected_root / name, actual_root / name
+        if left.read_bytes() == right.read_bytes():
+            continue
+        if name.endswith(".h5"):
+            differences = h5_differences(left, right)
+            if differences:
+                problems.append(f"{name}: {'; '.join(differences[:5])}")
+        else:
+            problems.append(f"{name}: contents differ")
+    print(f"compare: {len(expected & actual)} result files compared (ignoring {ignored})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    jobs = commands.add_parser("jobs", help="every non-local job ran under Slurm")
+    jobs.add_argument("run_dir", type=Path, help="working directory of the Slurm run")
+    jobs.add_argument("--gpu-rules", required=True, help="comma-separated GPU stages")
+    compare = commands.add_parser("compare", help="a Slurm run's results equal a local run's")
+    compare.add_argument("local_dir", type=Path)
+    compare.add_argument("slurm_dir", type=Path)
+    compare.add_argument(
+        "--ignore", action="append", default=[],
+        help="folder under results/ that may differ (logs, benchmarks); repeatable",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "jobs":
+        problems = check_jobs(args.run_dir, {rule for rule in args.gpu_rules.split(",") if rule})
+    else:
+        problems = compare_results(args.local_dir, args.slurm_dir, args.ignore)
+    for problem in problems:
+        print(f"FAIL {args.command}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.command}: OK")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# `make test-slurm`: run the tiny test workflow on a real (local, single-node) Slurm scheduler.
+#
+#  1. start a throwaway Slurm with two fake GPUs (tests/slurm/local-slurm.sh; installs the Debian
+#     packages when missing);
+#  2. run the workflow with tests/config/test.yaml under `--profile profiles/slurm --profile
+#     tests/slurm/profile` (the user profile, with the test cluster's differences layered on top);
+#  3. run the same workflow locally;
+#  4. check that every non-local job ran under Slurm and recorded its SLURM_JOB_ID, that the GPU
+#     stages asked for a GPU and saw CUDA_VISIBLE_DEVICES, that benchmarks timed every job, and
+#     that both runs wrote the same results (tests/slurm/check_slurm_run.py);
+#  5. run a job that fails on purpose and check that Snakemake exits non-zero in bounded time;
+#  6. stop the daemons it started, by PID, whatever happened (trap).
+#
+# Skips (exit 0, with the reason) where a local Slurm cannot be started: not root, no apt-get and
+# no Slurm, a real Slurm configuration present, or already inside a Slurm job. Every command runs
+# under `timeout`, because a misconfigured Slurm run waits silently instead of failing.
+#
+# Environment: ATS_SLURM_TEST_DIR (scratch folder, default: a new /tmp/ats-slurm-test.*, removed
+# after success), LOCAL_SLURM_STATE (see local-slurm.sh).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SNAKEMAKE=$REPO/.venv/bin/snakemake
+PYTHON=$REPO/.venv/bin/python
+LOCAL_SLURM=$REPO/tests/slurm/local-slurm.sh
+SLURM_STATE=${LOCAL_SLURM_STATE:-/tmp/local-slurm}
+# The stages that must ask Slurm for a GPU (resources: gpu=1); every other Slurm job must not.
+GPU_RULES=pretrain_search_model,score_shard,train_defence,attack_defence
+# Time limits (s). A healthy run takes about a third of each; beyond it something hangs.
+START_LIMIT=300
+WORKFLOW_LIMIT=900
+FAILING_JOB_LIMIT=120
+
+skip() {
+  echo "test-slurm SKIPPED: $*"
+  exit 0
+}
+log() { echo "test-slurm [$(date +%T)] $*"; }
+fail() {
+  echo "test-slurm FAILED: $*" >&2
+  exit 1
+}
+
+[ "$(id -u)" -eq 0 ] || skip "starting a local Slurm needs root (CI runs as root)"
+[ -x /usr/sbin/slurmctld ] || command -v apt-get >/dev/null \
+  || skip "Slurm is not installed and apt-get is not available to install it"
+if [ -e /etc/slurm/slurm.conf ] && ! grep -q "written by tests/slurm/local-slurm.sh" /etc/slurm/slurm.conf; then
+  skip "/etc/slurm/slurm.conf belongs to a real Slurm installation; not touching it"
+fi
+[ -z "${SLURM_JOB_ID:-}" ] || skip "running inside Slurm job $SLURM_JOB_ID"
+[ -x "$SNAKEMAKE" ] || fail "$SNAKEMAKE is missing; run 'make setup' first"
+
+SCRATCH=${ATS_SLURM_TEST_DIR:-$(mktemp -d /tmp/ats-slurm-test.XXXXXX)}
+mkdir -p "$SCRATCH"
+# The GPU evidence must come from Slurm, not from the caller's environment (sbatch exports it).
+unset CUDA_VISIBLE_DEVICES
+
+# Stop the daemons on every exit, unless they already ran before this test (somebody's session).
+if [ -s "$SLURM_STATE/slurmctld.pid" ] && kill -0 "$(cat "$SLURM_STATE/slurmctld.pid")" 2>/dev/null; then
+  log "a local Slurm is already running; it will be left running"
+else
+  trap 'timeout 60 "$LOCAL_SLURM" stop' EXIT
+fi
+
+started=$(date +%s)
+log "starting the local Slurm (scratch: $SCRATCH)"
+timeout -k 10 "$START_LIMIT" "$LOCAL_SLURM" start
+
+# Runs the test workflow in $1 with the remaining arguments; output in $1.out.
+run_workflow() {
+  local workdir=$1
+  shift
+  timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
+    --configfile "$REPO/tests/config/test.yaml" --directory "$workdir" "$@" \
+    >"$workdir.out" 2>&1 || {
+    local status=$?
+    tail -n 40 "$workdir.out" >&2
+    fail "workflow run in $workdir exited with $status (full output: $workdir.out)"
+  }
+}
+
+log "running the test workflow under Slurm"
+run_workflow "$SCRATCH/slurm" --profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/profile"
+log "running the test workflow locally"
+run_workflow "$SCRATCH/local" --cores 2
+
+log "checking the Slurm jobs and comparing the results"
+timeout 120 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" --gpu-rules "$GPU_RULES"
+timeout 300 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" compare "$SCRATCH/local" "$SCRATCH/slurm" \
+  --ignore logs --ignore benchmarks
+
+log "checking that a failing Slurm job fails the run in bounded time"
+mkdir -p "$SCRATCH/failing"
+cat >"$SCRATCH/failing/Snakefile" <<'EOF'
+rule fail_on_purpose:
+    output: "never-written.txt"
+    log: "fail_on_purpose.log"
+    resources: mem_mb=100, runtime=2
+    shell: "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-unset}} > {log}; exit 3"
+EOF
+failing_started=$(date +%s)
+set +e
+timeout -k 10 "$FAILING_JOB_LIMIT" "$SNAKEMAKE" --snakefile "$SCRATCH/failing/Snakefile" \
+  --directory "$SCRATCH/failing" --profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/profile" \
+  >"$SCRATCH/failing.out" 2>&1
+failing_rc=$?
+set -e
+failing_seconds=$(($(date +%s) - failing_started))
+[ "$failing_rc" -ne 124 ] && [ "$failing_rc" -ne 137 ] \
+  || fail "Snakemake did not notice the failed Slurm job within ${FAILING_JOB_LIMIT} s (it hangs)"
+[ "$failing_rc" -ne 0 ] || fail "Snakemake exited 0 although its Slurm job failed"
+grep -q "Error in rule fail_on_purpose" "$SCRATCH/failing.out" \
+  || fail "Snakemake's output does not name the failed rule (see $SCRATCH/failing.out)"
+grep -Eq "^SLURM_JOB_ID=[0-9]+$" "$SCRATCH/failing/fail_on_purpose.log" \
+  || fail "the failing job did not run under Slurm (see $SCRATCH/failing/fail_on_purpose.log)"
+log "the failing job made Snakemake exit $failing_rc after ${failing_seconds} s"
+
+log "PASSED in $(($(date +%s) - started)) s"
+[ -n "${ATS_SLURM_TEST_DIR:-}" ] || rm -rf "$SCRATCH"
