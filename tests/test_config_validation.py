@@ -16,6 +16,7 @@ BAD_CONFIGS = [
     ({"search": {"pretrain": {"fraction": 1.5}}}, ["search.pretrain.fraction", "maximum"]),
     ({"dataset": {"name": "mnist"}}, ["dataset.name", "fashion-mnist", "cifar100"]),
     ({"model": {"arch": "VGG16"}}, ["model.arch", "ResNet"]),
+    ({"model": {"arch": "ResNet21"}}, ["model.arch", "6n+2"]),
     ({"search": {"candidates": {"extra": ["3--1"]}}}, ["search.candidates.extra", "3--1"]),
     ({"search": {"candidates": {"extra": ["3-50-7"]}}}, ["search.candidates.extra", "3-50-7"]),
     ({"search": {"pinned_policies": ["1-2+"]}}, ["search.pinned_policies", "1-2+"]),

@@ -108,7 +108,7 @@ def _synthetic_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Images whose class is the brightest colour channel (or none): learnable in a few steps."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, NUM_CLASSES, size=count)
-    images = rng.integers(0, 120, size=(count, 32, 32, 3))
+    images = rng.integers(0, 120, size=(count, 16, 16, 3))  # small: the stand-ins accept any size
     for channel in range(3):
         images[labels == channel, :, :, channel] += 120
     return images.astype(np.uint8), labels.astype(np.int64)
@@ -230,6 +230,24 @@ def test_killed_run_resumes_to_the_same_result(
         _train(interrupted)
     assert "resuming from epoch 3" in caplog.text
     _assert_same_result(tmp_path / "whole", interrupted)
+
+
+def test_run_killed_while_writing_outputs_only_rewrites_them(
+    tmp_path: Path, stand_ins: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def killed(*_args: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "write_json", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _train(tmp_path / "killed", epochs=2)
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        _train(tmp_path / "killed", epochs=2)
+    assert "resuming from epoch 2 of 2" in caplog.text
+    assert (tmp_path / "killed" / "metrics.json").exists()
+    _train(tmp_path / "whole", epochs=2)
+    _assert_same_result(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_state_of_another_configuration_is_ignored_with_a_warning(

@@ -390,7 +390,7 @@ def plot_training_curves(path: PathLike, histories: Mapping[str, Mapping[str, np
     losses = np.concatenate(all_losses)
     if losses.size and losses.min() > 0 and losses.max() > 10 * losses.min():
         loss_ax.set_yscale("log")
-    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="training loss (cross-entropy)")
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="training loss (0.5 × cross-entropy)")
     accuracy_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
     figure.suptitle("Training of every defence: check convergence before trusting the attacks")
     figure.legend(loc="outside right upper", title="defence")

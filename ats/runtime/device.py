@@ -104,8 +104,8 @@ def lease_gpu_slot(
 
     Lock files are named after the device id, not the index, so processes that see different
     ``CUDA_VISIBLE_DEVICES`` lists still agree on which physical GPU a lock stands for. The
-    returned lease holds the lock until :meth:`GpuLease.release` or the end of the process.
-    Needs no GPU: it only touches files.
+    returned lease holds the lock until :meth:`GpuLease.release` or the end of the process;
+    dropping the lease object does not release it. Needs no GPU: it only touches files.
     """
     devices = list(visible_devices)
     if not devices:
@@ -135,9 +135,9 @@ def lease_gpu_slot(
         if remaining <= 0:
             raise TimeoutError(
                 f"all {len(devices)} GPU slots ({','.join(devices)}) stayed busy for "
-                f"{timeout_s:g} s "
-                f"(lock files in {folder}). Run fewer GPU jobs at once (snakemake --resources "
-                f"gpu=K with K at most the number of GPUs) or raise {LEASE_TIMEOUT_ENV}."
+                f"{timeout_s:g} s (lock files in {folder}). Run fewer GPU jobs at once "
+                f"(snakemake --resources gpu=K with K at most the number of GPUs) or raise "
+                f"{LEASE_TIMEOUT_ENV}."
             )
         if not announced_wait:
             _log.info(

@@ -66,8 +66,8 @@ class CheckpointMismatchError(ValueError):
 def training_subset(num_train: int, fraction: float, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded, class-agnostic random ``fraction`` of the training split.
 
-    Class-agnostic like HEAD's ``--tiny_data`` loaders (a plain random subset), so small classes
-    are not over-represented. ``fraction = 1`` gives every index.
+    Class-agnostic like HEAD's ``--tiny_data`` loaders (a plain random subset, not a per-class
+    quota), so class proportions follow the split's. ``fraction = 1`` gives every index.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")

@@ -37,10 +37,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ats.policies import TRANSFORMS, operation
+from ats.policies import ENHANCE_TRANSFORMS, TRANSFORMS, operation
 
 PIL_PRECISION_BITS = 22  # fixed-point precision of PIL's resampling coefficients (8-bit images)
-ROTATE_FILL = 128
+ROTATE_FILL = 128  # grey the original composites rotations over (ops_pil.ROTATE_FILL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,13 +86,12 @@ def _smooth(images: torch.Tensor) -> torch.Tensor:
     pixels = images.to(torch.float32)
     edge_weight = float(np.float32(1) / np.float32(13))  # PIL divides the float32 kernel by 13
     centre_weight = float(np.float32(5) / np.float32(13))
-
-    def weighted_row(rows: torch.Tensor, middle_weight: float) -> torch.Tensor:
-        return rows[..., :-2] * edge_weight + rows[..., 1:-1] * middle_weight + rows[..., 2:] * edge_weight
-
-    total = 0.5 + weighted_row(pixels[:, :, 2:], edge_weight)
-    total = total + weighted_row(pixels[:, :, 1:-1], centre_weight)
-    total = total + weighted_row(pixels[:, :, :-2], edge_weight)
+    left, middle, right = pixels[..., :-2], pixels[..., 1:-1], pixels[..., 2:]
+    edge_rows = left * edge_weight + middle * edge_weight + right * edge_weight
+    centre_rows = left * edge_weight + middle * centre_weight + right * edge_weight
+    total = 0.5 + edge_rows[:, :, 2:]
+    total += centre_rows[:, :, 1:-1]
+    total += edge_rows[:, :, :-2]
     smoothed = images.clone()
     smoothed[:, :, 1:-1, 1:-1] = total.clamp_(0, 255).floor_().to(torch.uint8)
     return smoothed
@@ -130,27 +129,34 @@ def _solarize(images: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(images < limit, images, 255 - images)
 
 
+def _apply_tables(images: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Map every value through its image's and channel's 256-entry table (N×C×256), like PIL's ``point``."""
+    flat = images.flatten(2).to(torch.int64)
+    return tables.gather(2, flat).to(torch.uint8).view_as(images)
+
+
 def _autocontrast(images: torch.Tensor) -> torch.Tensor:
     """``ImageOps.autocontrast`` (cutoff 0): stretch each channel's [min, max] to [0, 255].
 
-    Per value ``int(v·scale + offset)`` in double with ``scale = 255/(hi − lo)`` and
-    ``offset = −lo·scale``, exactly as PIL builds its lookup table; flat channels are unchanged.
+    PIL's table entry is ``int(i·scale + offset)`` in double with ``scale = 255/(hi − lo)`` and
+    ``offset = −lo·scale``, clipped to [0, 255]; a flat channel keeps the identity table.
     """
     flat = images.flatten(2)
     low = flat.amin(2, keepdim=True).to(torch.float64)
     high = flat.amax(2, keepdim=True).to(torch.float64)
     scale = torch.full_like(high, 255.0) / (high - low).clamp(min=1)  # tensor ÷ tensor, see the module docstring
     offset = -low * scale
-    stretched = (flat.to(torch.float64) * scale + offset).trunc_().clamp_(0, 255).to(torch.uint8)
-    return torch.where(high > low, stretched, flat).view_as(images)
+    levels = torch.arange(256, dtype=torch.float64, device=images.device)
+    stretched = (levels * scale + offset).trunc_().clamp_(0, 255)
+    return _apply_tables(images, torch.where(high > low, stretched, levels).to(torch.int64))
 
 
 def _equalize(images: torch.Tensor) -> torch.Tensor:
-    """``ImageOps.equalize``: per channel, ``lut[i] = (step//2 + #values below i) // step``.
+    """``ImageOps.equalize``: per channel, ``table[i] = (step//2 + #values below i) // step``.
 
     ``step = (pixel count − count of the brightest value) // 255``; a channel with ``step == 0``
-    (for example a constant one) is unchanged; table values are clipped to 255 as PIL's ``point``
-    does.
+    (for example a constant one) keeps the identity table; entries are clipped to 255 as PIL's
+    ``point`` does.
     """
     flat = images.flatten(2).to(torch.int64)
     counts = torch.zeros(*flat.shape[:2], 256, dtype=torch.int64, device=images.device)
@@ -158,9 +164,9 @@ def _equalize(images: torch.Tensor) -> torch.Tensor:
     brightest_count = counts.gather(2, flat.amax(2, keepdim=True))
     step = (flat.shape[2] - brightest_count) // 255
     below = counts.cumsum(2) - counts
-    table = ((step // 2 + below) // step.clamp(min=1)).clamp_(max=255)
-    equalized = table.gather(2, flat).to(torch.uint8)
-    return torch.where(step > 0, equalized, images.flatten(2)).view_as(images)
+    equalizing = ((step // 2 + below) // step.clamp(min=1)).clamp_(max=255)
+    identity = torch.arange(256, device=images.device)
+    return _apply_tables(images, torch.where(step > 0, equalizing, identity))
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,12 +308,11 @@ def _cubic(taps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     evaluates ``p1 + d·(p2 + d·(p3 + d·p4))`` in double; the Horner steps below are the same
     double operations in the same order.
     """
-    v1, v2, v3, v4 = taps.to(torch.int32).unbind(-2)
-    p2 = v3 - v1
-    p3 = 2 * (v1 - v2) + v3 - v4
-    p4 = v2 - v1 + v4 - v3
-    result = p4.to(torch.float64).mul_(offsets)
-    return result.add_(p3).mul_(offsets).add_(p2).mul_(offsets).add_(v2)
+    v1, v2, v3, v4 = taps.to(torch.int16).unbind(-2)
+    p2 = (v3 - v1).to(torch.float64)
+    p3 = (2 * (v1 - v2) + v3 - v4).to(torch.float64)
+    p4 = (v2 - v1 + v4 - v3).to(torch.float64)
+    return p4.mul_(offsets).add_(p3).mul_(offsets).add_(p2).mul_(offsets).add_(v2)
 
 
 def _bicubic_shear(images: torch.Tensor, transform: str, magnitude: float, signs: torch.Tensor) -> torch.Tensor:
@@ -373,7 +378,7 @@ def resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def _apply(images: torch.Tensor, transform: str, magnitude: float, signs: torch.Tensor) -> torch.Tensor:
     """Dispatch one transform on RGB or grey images with validated per-image signs on their device."""
-    if transform in ("color", "contrast", "brightness", "sharpness"):
+    if transform in ENHANCE_TRANSFORMS:
         return _enhance(images, transform, magnitude, signs)
     if transform in ("translateX", "translateY", "rotate"):
         return _nearest(images, transform, magnitude, signs)
@@ -444,4 +449,5 @@ def apply_transform_batch(images: torch.Tensor, transform: str, magnitude: float
 
 def apply_op_batch(images: torch.Tensor, op_index: int, signs: torch.Tensor) -> torch.Tensor:
     """Apply op ``op_index`` (0…49) to every image, image n in direction ``signs[n]``."""
-    return apply_subpolicy_batch(images, (op_index,), torch.as_tensor(signs).reshape(-1, 1))
+    op = operation(op_index)
+    return apply_transform_batch(images, op.transform, op.magnitude, signs)

@@ -55,7 +55,7 @@ _TRANSFORM_FUNCTIONS: dict[str, _TransformFunction] = {
 }
 
 
-def check_sign(sign: int) -> int:
+def _check_sign(sign: int) -> int:
     """Return ``sign`` if it is +1 or -1, else raise ``ValueError`` naming it."""
     if sign not in (1, -1):
         raise ValueError(f"sign must be +1 or -1, got {sign!r}")
@@ -69,7 +69,7 @@ def apply_transform_pil(img: Image.Image, transform: str, magnitude: float, sign
     """
     if transform not in _TRANSFORM_FUNCTIONS:
         raise ValueError(f"unknown transform {transform!r}; known: {', '.join(TRANSFORMS)}")
-    sign = check_sign(sign)
+    sign = _check_sign(sign)
     if img.mode == "L":
         rgb = _TRANSFORM_FUNCTIONS[transform](img.convert("RGB"), magnitude, sign)
         return rgb.convert("L")

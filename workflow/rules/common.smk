@@ -1,7 +1,8 @@
 # Helpers shared by all rules: config validation and the get_* input functions.
 #
 # Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
-# modules ats.policies, ats.defence.names and ats.runtime.fingerprint.
+# modules ats.policies, ats.defence.names, ats.case.architectures, ats.case.normalisation and
+# ats.runtime.fingerprint.
 
 import json
 import math
@@ -10,6 +11,8 @@ import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from ats.case.architectures import parse_arch
+from ats.case.normalisation import dataset_spec
 from ats.defence.names import DefenceError, parse_defence
 from ats.policies import PolicyError, candidate_policies, parse_policy
 from ats.runtime.fingerprint import fingerprint
@@ -56,6 +59,10 @@ def _validate_config():
                     f"Invalid config key 'training.gradient_defences': {name!r} is not a gradient "
                     "defence (allowed: prune-<percent>, gauss-<sigma>, laplace-<scale>)"
                 )
+    try:
+        parse_arch(config["model"]["arch"])
+    except ValueError as error:
+        raise WorkflowError(f"Invalid config key 'model.arch': {error}") from None
     checkpoint_path = config["search"]["pretrain"]["checkpoint"]
     if checkpoint_path and not os.path.exists(checkpoint_path):
         raise WorkflowError(
@@ -68,8 +75,8 @@ _validate_config()
 DATASET = config["dataset"]["name"]
 SEARCH = config["search"]
 SEARCH_ENABLED = not SEARCH["pinned_policies"]
-NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}[DATASET]
-CHANNELS = 1 if DATASET == "fashion-mnist" else 3
+NUM_CLASSES = dataset_spec(DATASET).num_classes
+CHANNELS = dataset_spec(DATASET).channels
 
 
 wildcard_constraints:
@@ -194,7 +201,7 @@ def get_search_model():
 # The evaluation: which defences are trained and attacked.
 
 
-def get_chosen_policies():
+def get_chosen_policies(wildcards=None):
     """The policies the evaluation trains: pinned ones, or those the selection checkpoint chose."""
     if not SEARCH_ENABLED:
         return list(SEARCH["pinned_policies"])
@@ -207,7 +214,7 @@ def get_chosen_policies():
     return chosen
 
 
-def get_defences():
+def get_defences(wildcards=None):
     """Every trained defence, each once, in a stable order: baselines, policies, gradient defences."""
     names = (
         list(config["training"]["baselines"])
@@ -239,7 +246,7 @@ def get_attack_files(wildcards=None):
 def get_search_reports():
     if not SEARCH_ENABLED:
         return []
-    figures = ["spri_vs_sacc.svg", "gradsim_curves.svg"]
+    figures = ["candidates.tsv", "spri_vs_sacc.svg", "gradsim_curves.svg"]
     if SEARCH["candidates"]["single_ops"]:
         figures.append("per_op_spri.svg")
     return expand("results/search/{figure}", figure=figures)

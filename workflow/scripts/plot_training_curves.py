@@ -1,0 +1,13 @@
+"""Snakemake adapter: loss and test accuracy per epoch for every defence."""
+
+from ats.report.figures import plot_training_curves
+from ats.report.loaders import load_history
+from ats.runtime.logs import configure
+
+configure(snakemake.log[0])
+
+histories = {
+    defence: load_history(path)
+    for defence, path in zip(snakemake.params.defences, snakemake.input.histories)
+}
+plot_training_curves(snakemake.output[0], histories)
