@@ -115,12 +115,13 @@ def _total_variation(x: torch.Tensor) -> torch.Tensor:
 
 def attack_one_image(model: nn.Module, observed: Sequence[torch.Tensor], label: torch.Tensor,
                      initial: torch.Tensor, config: AttackConfig, mean: torch.Tensor,
-                     std: torch.Tensor) -> torch.Tensor:
+                     std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The original ``GradientReconstructor`` trial for one image with an Adam + cosine config.
 
     ``observed``: the shared gradient, one tensor per parameter. ``initial``: the ``(1, C, H, W)``
     starting image. ``mean``/``std``: per-channel normalisation for the box. Runs
-    ``config.iterations`` steps and returns the final image.
+    ``config.iterations`` steps, then scores the trial like the original's ``_score_trial`` (the
+    matching cost without TV), and returns the final image and that score.
     """
     if config.optimizer != "adam" or config.cost != "sim":
         raise ValueError(f"the reference attack covers Adam with the cosine cost, not {config.name!r}")
@@ -154,7 +155,12 @@ def attack_one_image(model: nn.Module, observed: Sequence[torch.Tensor], label: 
         if config.boxed:
             with torch.no_grad():
                 x_trial.data = torch.max(torch.min(x_trial, upper), lower)
-    return x_trial.detach()
+
+    model.zero_grad()
+    x_trial.grad = None
+    loss = half_cross_entropy(model(x_trial), label)
+    score = _cosine_matching_cost(torch.autograd.grad(loss, parameters), observed)
+    return x_trial.detach(), score.detach()
 
 
 class PolicyDataset(torch.utils.data.Dataset):

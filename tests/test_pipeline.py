@@ -127,6 +127,7 @@ def test_draw_container() -> None:
     assert len(draw) == 6 and draw.signs.shape == (6, 3) and draw.signs.dtype == torch.float32
     assert len(draw[2]) == 1 and torch.equal(draw[2].crop_offsets, draw.crop_offsets[2:3])
     assert torch.equal(draw[-1].flips, draw.flips[-1:])
+    assert torch.equal(draw[np.int64(3)].signs, draw.signs[3:4])
     assert torch.equal(draw[1:4].subpolicy, draw.subpolicy[1:4])
     assert torch.equal(draw[torch.tensor([5, 0])].signs, draw.signs[[5, 0]])
     joined = AugmentationDraw.concat([draw[:2], draw[2:]])

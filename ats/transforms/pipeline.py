@@ -44,10 +44,10 @@ OUTPUT_SIZE = 32
 CROP_PADDING = 4
 MIN_CROP_INPUT_SIZE = OUTPUT_SIZE - 2 * CROP_PADDING  # 24: the padded image must hold the crop
 
-DrawIndex = Union[int, slice, Sequence[int], torch.Tensor]
+DrawIndex = Union[int, np.integer, slice, Sequence[int], torch.Tensor]
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
 class AugmentationDraw:
     """The random choices of a batch of N augmentations, as CPU tensors.
 
@@ -81,8 +81,8 @@ class AugmentationDraw:
 
     def __getitem__(self, index: DrawIndex) -> "AugmentationDraw":
         """The draws of the selected images; an integer selects a draw of length 1."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1 if index != -1 else None)
         return AugmentationDraw(self.crop_offsets[index], self.flips[index], self.subpolicy[index], self.signs[index])
 
     @staticmethod

@@ -26,8 +26,9 @@ def _validate_config():
     try:
         validate(config, schema="../schemas/config.schema.yaml")
     except WorkflowError as error:
-        cause = next((a for a in error.args if isinstance(a, jsonschema.ValidationError)), None)
-        if cause is None:
+        # Snakemake flattens the jsonschema error into text; the original is the exception context.
+        cause = error.__context__
+        if not isinstance(cause, jsonschema.ValidationError):
             raise
         key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
         allowed = cause.schema.get("enum") or cause.schema.get("pattern")
