@@ -19,6 +19,7 @@ the keys and the agreement with the references. Its timings mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -463,6 +464,7 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "memory_gib": _memory_gib(),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
@@ -504,22 +506,47 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
                         help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own choice, one per core; 1 with --quick)")
     return parser.parse_args(argv)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (``None``: unchanged), then restore the previous setting.
+
+    ``--quick`` uses one thread: on a machine shared with other jobs, OpenMP threads that
+    spin-wait for a busy core can make a two-thread run ten times slower, and the smoke test must
+    stay fast; its timings mean nothing anyway.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks, print the table, write the JSON and return its content."""
     arguments = parse_arguments(argv)
     if arguments.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device")
-    device = torch.device(arguments.device)
-    sizes = SIZES["quick" if arguments.quick else arguments.device]
+    threads = arguments.threads if arguments.threads is not None else (1 if arguments.quick else None)
+    with torch_threads(threads):
+        return _run(arguments, torch.device(arguments.device))
+
+
+def _run(arguments: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    sizes = SIZES["quick" if arguments.quick else device.type]
     record: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "torch_version": torch.__version__,
         "machine": machine_description(device),
         "quick": arguments.quick,
-        "benchmarks": list(arguments.only),
+        "benchmarks": [name for name in BENCHMARKS if name in arguments.only],
         "sizes": asdict(sizes),
         "load_average_start": os.getloadavg(),
         "timings": {},
@@ -534,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         record.update(results)
         record["timings"][f"{name}_wall_seconds"] = time.perf_counter() - started
     record["load_average_end"] = os.getloadavg()
-    record["targets"] = evaluate_targets(record, arguments.device)
+    record["targets"] = evaluate_targets(record, device.type)
     write_json(arguments.output, record)
     print(format_table(record))
     print(f"\nwritten to {arguments.output}")

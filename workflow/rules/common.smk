@@ -1,8 +1,7 @@
 # Helpers shared by all rules: config validation and the get_* input functions.
 #
 # Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
-# modules ats.policies, ats.defence.names, ats.case.architectures, ats.case.normalisation and
-# ats.runtime.fingerprint.
+# modules ats.config, ats.policies, ats.case.normalisation and ats.runtime.fingerprint.
 
 import json
 import math
@@ -11,10 +10,9 @@ import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ats.case.architectures import parse_arch
 from ats.case.normalisation import dataset_spec
-from ats.defence.names import DefenceError, parse_defence
-from ats.policies import PolicyError, candidate_policies, parse_policy
+from ats.config import ConfigError, check_config, describe_schema_error
+from ats.policies import candidate_policies
 from ats.runtime.fingerprint import fingerprint
 
 
@@ -27,48 +25,13 @@ def _validate_config():
         validate(config, schema="../schemas/config.schema.yaml")
     except WorkflowError as error:
         # Snakemake flattens the jsonschema error into text; the original is the exception context.
-        cause = error.__context__
-        if not isinstance(cause, jsonschema.ValidationError):
+        if not isinstance(error.__context__, jsonschema.ValidationError):
             raise
-        key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
-        allowed = cause.schema.get("enum") or cause.schema.get("pattern")
-        hint = f" Allowed: {allowed}." if allowed is not None else ""
-        description = cause.schema.get("description", "")
-        raise WorkflowError(
-            f"Invalid config key '{key}': {cause.message}.{hint}"
-            + (f"\n  {key}: {' '.join(description.split())}" if description else "")
-        ) from None
-    policy_lists = {
-        "search.pinned_policies": config["search"]["pinned_policies"],
-        "search.candidates.extra": config["search"]["candidates"]["extra"],
-        "training.validation_policies": config["training"]["validation_policies"],
-    }
-    for key, policies in policy_lists.items():
-        for policy in policies:
-            try:
-                parse_policy(policy)
-            except PolicyError as error:
-                raise WorkflowError(f"Invalid config key '{key}': {error}") from None
-    for key in ("baselines", "gradient_defences"):
-        for name in config["training"][key]:
-            try:
-                spec = parse_defence(name)
-            except DefenceError as error:
-                raise WorkflowError(f"Invalid config key 'training.{key}': {error}") from None
-            if key == "gradient_defences" and not spec.acts_on_gradient:
-                raise WorkflowError(
-                    f"Invalid config key 'training.gradient_defences': {name!r} is not a gradient "
-                    "defence (allowed: prune-<percent>, gauss-<sigma>, laplace-<scale>)"
-                )
+        raise WorkflowError(describe_schema_error(error.__context__)) from None
     try:
-        parse_arch(config["model"]["arch"])
-    except ValueError as error:
-        raise WorkflowError(f"Invalid config key 'model.arch': {error}") from None
-    checkpoint_path = config["search"]["pretrain"]["checkpoint"]
-    if checkpoint_path and not os.path.exists(checkpoint_path):
-        raise WorkflowError(
-            f"Invalid config key 'search.pretrain.checkpoint': {checkpoint_path!r} does not exist"
-        )
+        check_config(config)
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
 
 
 _validate_config()

@@ -1,0 +1,69 @@
+"""Checks of a workflow config beyond its JSON schema, and readable messages for schema errors.
+
+The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges and fills in
+defaults; what it cannot express (the policy grammar, defence names, ResNet depths, files that must
+exist) is checked here. Both run when the workflow is parsed, before any job starts, and every
+message names the offending key. Torch-free: ``common.smk`` imports this on every job start.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ats.case.architectures import parse_arch
+from ats.defence.names import DefenceError, parse_defence
+from ats.policies import PolicyError, parse_policy
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message starts with the dotted key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"Invalid config key '{key}': {message}")
+        self.key = key
+
+
+def describe_schema_error(error: Any) -> str:
+    """Turn a ``jsonschema.ValidationError`` into one message naming the key and allowed values."""
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    allowed = error.schema.get("enum") or error.schema.get("pattern")
+    hint = f" Allowed: {allowed}." if allowed is not None else ""
+    description = " ".join(error.schema.get("description", "").split())
+    return f"Invalid config key '{key}': {error.message}.{hint}" + (
+        f"\n  {key}: {description}" if description else ""
+    )
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Check a schema-validated config (defaults filled in); raise :class:`ConfigError`."""
+    policy_lists = {
+        "search.pinned_policies": config["search"]["pinned_policies"],
+        "search.candidates.extra": config["search"]["candidates"]["extra"],
+        "training.validation_policies": config["training"]["validation_policies"],
+    }
+    for key, policies in policy_lists.items():
+        for policy in policies:
+            try:
+                parse_policy(policy)
+            except PolicyError as error:
+                raise ConfigError(key, str(error)) from None
+    for key in ("baselines", "gradient_defences"):
+        for name in config["training"][key]:
+            try:
+                spec = parse_defence(name)
+            except DefenceError as error:
+                raise ConfigError(f"training.{key}", str(error)) from None
+            if key == "gradient_defences" and not spec.acts_on_gradient:
+                raise ConfigError(
+                    "training.gradient_defences",
+                    f"{name!r} is not a gradient defence "
+                    "(allowed: prune-<percent>, gauss-<sigma>, laplace-<scale>)",
+                )
+    try:
+        parse_arch(config["model"]["arch"])
+    except ValueError as error:
+        raise ConfigError("model.arch", str(error)) from None
+    checkpoint_path = config["search"]["pretrain"]["checkpoint"]
+    if checkpoint_path and not os.path.exists(checkpoint_path):
+        raise ConfigError("search.pretrain.checkpoint", f"{checkpoint_path!r} does not exist")
