@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from ats.case.models import CheckpointMismatchError, build_model
 from ats.runtime.atomic import read_tsv
 from ats.runtime.checkpoints import load_checkpoint
 from ats.training import loop
@@ -355,23 +356,19 @@ def test_real_components_train_policies_and_gradient_defences(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_import_accepts_a_plain_state_dict_from_data_parallel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(loop, "build_model", _tiny_model)
-    original = _tiny_model("tiny", NUM_CLASSES, 3)
+def test_import_accepts_a_plain_state_dict_from_data_parallel(tmp_path: Path) -> None:
+    original = build_model("ConvNet8", NUM_CLASSES, 3)
     torch.save({f"module.{k}": v for k, v in original.state_dict().items()}, tmp_path / "100.pth")
-    loop.import_checkpoint(source_path=tmp_path / "100.pth", arch="tiny", num_classes=NUM_CLASSES,
+    loop.import_checkpoint(source_path=tmp_path / "100.pth", arch="ConvNet8", num_classes=NUM_CLASSES,
                            channels=3, out_checkpoint=tmp_path / "search.pt", fingerprint="fp")
     imported = load_checkpoint(tmp_path / "search.pt", expected_fingerprint="fp")
     assert imported["meta"]["source"] == str(tmp_path / "100.pth")
     assert all(torch.equal(v, imported["state_dict"][k]) for k, v in original.state_dict().items())
 
 
-def test_import_rejects_a_model_of_another_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "build_model", _tiny_model)
-    torch.save(_tiny_model("tiny", 10, 3).state_dict(), tmp_path / "other.pth")
-    with pytest.raises(loop.CheckpointMismatchError, match=r"other\.pth.*wrong shapes: 5\.bias \(10,\)"):
-        loop.import_checkpoint(source_path=tmp_path / "other.pth", arch="tiny", num_classes=NUM_CLASSES,
+def test_import_rejects_a_model_of_another_shape(tmp_path: Path) -> None:
+    torch.save(build_model("ConvNet8", 10, 3).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"other\.pth.*wrong shapes: model\.linear\.bias \(10,\)"):
+        loop.import_checkpoint(source_path=tmp_path / "other.pth", arch="ConvNet8", num_classes=NUM_CLASSES,
                                channels=3, out_checkpoint=tmp_path / "search.pt", fingerprint="fp")
     assert not (tmp_path / "search.pt").exists()

@@ -17,12 +17,15 @@ this module depends on torch only.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ats.case.architectures import parse_arch
+from ats.runtime.checkpoints import load_checkpoint
 
 def build_model(arch: str, num_classes: int, num_channels: int) -> nn.Module:
     """Build a freshly initialised model (initial weights come from torch's global generator).
@@ -151,3 +154,54 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model it is supposed to initialise."""
+
+
+def check_state_dict_compatible(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, source: str | os.PathLike
+) -> None:
+    """Raise :class:`CheckpointMismatchError` naming ``source`` unless keys and shapes match exactly."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{name} {tuple(state_dict[name].shape)} (model {tuple(expected[name].shape)})"
+        for name in sorted(set(expected) & set(state_dict))
+        if state_dict[name].shape != expected[name].shape
+    ]
+    problems = [
+        f"{label}: {_first(items)}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("wrong shapes", wrong_shape))
+        if items
+    ]
+    if problems:
+        raise CheckpointMismatchError(f"{source}: does not fit the model; " + "; ".join(problems))
+
+
+def _first(items: Sequence[str], shown: int = 8) -> str:
+    more = f", … ({len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    arch: str,
+    num_classes: int,
+    num_channels: int,
+    *,
+    expected_fingerprint: str | None = None,
+) -> nn.Module:
+    """Build ``arch`` and load a verified checkpoint into it, in eval mode, on the CPU.
+
+    Keys and shapes must fit exactly: a partially loaded model would silently bias every score and
+    attack computed on it.
+    """
+    payload = load_checkpoint(checkpoint, expected_fingerprint=expected_fingerprint)
+    model = build_model(arch, num_classes, num_channels)
+    check_state_dict_compatible(payload["state_dict"], model, source=checkpoint)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.eval()

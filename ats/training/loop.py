@@ -25,14 +25,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from ats.case.datasets import load_dataset
-from ats.case.models import build_model
+from ats.case.models import build_model, load_model
 from ats.case.normalisation import normalisation_constants
 from ats.defence.gradient import GradientDefence
 from ats.defence.names import DefenceSpec, parse_defence
@@ -57,10 +56,6 @@ EVAL_BATCH_SIZE = 500
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's tensors do not fit the model it is supposed to initialise."""
 
 
 def training_subset(num_train: int, fraction: float, seed: int) -> torch.Tensor:
@@ -418,33 +413,6 @@ def _write_outputs(
     return metrics
 
 
-def check_state_dict_compatible(
-    state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, source: str | os.PathLike
-) -> None:
-    """Raise :class:`CheckpointMismatchError` naming ``source`` unless keys and shapes match exactly."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = [
-        f"{name} {tuple(state_dict[name].shape)} (model {tuple(expected[name].shape)})"
-        for name in sorted(set(expected) & set(state_dict))
-        if state_dict[name].shape != expected[name].shape
-    ]
-    problems = [
-        f"{label}: {_first(items)}"
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("wrong shapes", wrong_shape))
-        if items
-    ]
-    if problems:
-        raise CheckpointMismatchError(f"{source}: does not fit the model; " + "; ".join(problems))
-
-
-def _first(items: Sequence[str], shown: int = 8) -> str:
-    more = f", … ({len(items) - shown} more)" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more
-
-
 def import_checkpoint(
     *,
     source_path: str | os.PathLike,
@@ -460,10 +428,7 @@ def import_checkpoint(
     of our checkpoints; the tensors must fit ``build_model(arch, num_classes, channels)`` exactly,
     since a partially loaded search model would silently bias every privacy score.
     """
-    payload = load_checkpoint(source_path)
-    model = build_model(arch, num_classes, channels)
-    check_state_dict_compatible(payload["state_dict"], model, source=source_path)
-    model.load_state_dict(payload["state_dict"], strict=True)
+    model = load_model(source_path, arch, num_classes, channels)
     save_checkpoint(out_checkpoint, model.state_dict(), fingerprint=fingerprint, meta={
         "arch": arch, "num_classes": num_classes, "channels": channels, "defence": "imported",
         "source": str(source_path),

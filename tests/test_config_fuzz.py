@@ -1,0 +1,328 @@
+"""Property-based tests of config validation: valid values pass, every invalid one names its key.
+
+The strategies are derived from the schema itself (``workflow/schemas/config.schema.yaml``), so a
+key added there is fuzzed without touching this file; keys whose grammar lives in
+:mod:`ats.config` (policies, defences, architectures, files) get hand-written strategies. Each
+config goes through the same two steps as ``workflow/rules/common.smk``: Snakemake's schema
+validation, then :func:`ats.config.check_config`. This runs in-process, about 30 ms per config,
+so hundreds of configs cost seconds where a ``snakemake --dry-run`` each would cost minutes;
+``tests/test_config_validation.py`` checks through the real command line that both steps run
+before any job.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from functools import lru_cache
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from ats.config import MAX_SEED, ConfigError, check_config, describe_schema_error
+from ats.policies import DISTINCT_CANDIDATES, NUM_OPERATIONS, PolicyError, format_policy, parse_policy
+from workflow_helpers import REPO, TEST_CONFIG
+
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class ConfigRejected(Exception):
+    """A config refused by either validation step, with the message the user would see."""
+
+
+def validate_like_the_workflow(config: dict[str, Any]) -> None:
+    """The checks of ``common.smk::_validate_config``: schema (filling defaults), then semantics."""
+    try:
+        validate(config, schema=str(SCHEMA_PATH))
+    except WorkflowError as error:
+        if not isinstance(error.__context__, jsonschema.ValidationError):
+            raise
+        raise ConfigRejected(describe_schema_error(error.__context__)) from None
+    try:
+        check_config(config)
+    except ConfigError as error:
+        raise ConfigRejected(str(error)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema's keys
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _objects(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield prefix, node
+    for name, child in node.get("properties", {}).items():
+        if child.get("type") == "object":
+            yield from _objects(child, f"{prefix}.{name}" if prefix else name)
+
+
+def object_keys() -> dict[str, dict[str, Any]]:
+    """Every object of the config by dotted key (``""`` is the top level)."""
+    return dict(_objects(schema()))
+
+
+def leaf_keys() -> dict[str, dict[str, Any]]:
+    """Every settable value of the config by dotted key, with its schema."""
+    leaves = {}
+    for prefix, node in object_keys().items():
+        for name, child in node.get("properties", {}).items():
+            if child.get("type") != "object":
+                leaves[f"{prefix}.{name}" if prefix else name] = child
+    return leaves
+
+
+def set_key(config: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, name = dotted_key.split(".")
+    for parent in parents:
+        config = config.setdefault(parent, {})
+    config[name] = value
+
+
+def get_key(config: dict[str, Any], dotted_key: str) -> Any:
+    for part in dotted_key.split("."):
+        config = config[part]
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: the grammar of policies and defences, then one valid and one invalid strategy per key
+
+op_indices = st.integers(0, NUM_OPERATIONS - 1)
+policies = st.lists(st.lists(op_indices, min_size=1, max_size=3).map(tuple), min_size=1, max_size=3).map(
+    lambda subs: format_policy(tuple(subs))
+)
+
+
+def _is_policy(text: str) -> bool:
+    try:
+        parse_policy(text)
+    except PolicyError:
+        return False
+    return text != ""
+
+
+# The schema's pattern lets some of these through; ats.config must catch the rest.
+bad_policies = st.one_of(
+    st.sampled_from(["3--1", "1-2+", "+1", "3-50-7", "007", "1 2", "-3", "3-1-7+", "50", "1e3"]),
+    st.text(alphabet="0123456789-+ e", min_size=1, max_size=12).filter(lambda text: not _is_policy(text)),
+)
+finite = {"allow_nan": False, "allow_infinity": False}
+gradient_defences = st.one_of(
+    st.floats(0, 99.9, **finite).map(lambda p: f"prune-{p!r}"),
+    st.floats(0, 10, **finite).map(lambda s: f"gauss-{s!r}"),
+    st.floats(0, 10, **finite).map(lambda s: f"laplace-{s!r}"),
+)
+bad_gradient_defences = st.one_of(
+    st.floats(100, 1e6, **finite).map(lambda p: f"prune-{p!r}"),  # a percentage in [0, 100)
+    st.sampled_from(["gauss--1", "laplace--0.5", "prune-1e400", "gauss-", "noise-1", "crop", "none", "3-1-7"]),
+)
+defences = st.one_of(st.sampled_from(["none", "crop"]), policies, gradient_defences)
+bad_defences = st.one_of(bad_policies, st.sampled_from(["prune-150", "gauss--1", "Crop", "", "none "]))
+architectures = st.one_of(
+    st.builds(lambda n, width: f"ResNet{6 * n + 2}" + (f"-{width}" if width else ""),
+              st.integers(1, 30), st.integers(0, 8)),
+    st.sampled_from(["ConvNet", "ConvNet8", "ConvNet16", "ConvNet32", "ConvNet64"]),
+)
+bad_architectures = st.one_of(
+    st.integers(0, 200).filter(lambda depth: depth < 8 or (depth - 2) % 6).map(lambda depth: f"ResNet{depth}"),
+    st.sampled_from(["ResNet20-0", "ConvNet12", "VGG16", "resnet20", "ResNet", "ConvNet-8", ""]),
+)
+wrong_type_values = st.one_of(
+    st.text(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1)
+)
+
+
+def unique_lists(elements: st.SearchStrategy[str], min_size: int = 0) -> st.SearchStrategy[list[str]]:
+    return st.lists(elements, min_size=min_size, max_size=3, unique=True)
+
+
+def lists_with_one_bad(good: st.SearchStrategy[str], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    """A list of valid items with one bad item somewhere, or a non-list."""
+    return st.one_of(
+        st.tuples(unique_lists(good), bad, st.integers(0, 3)).map(
+            lambda case: case[0][: case[2]] + [case[1]] + case[0][case[2]:]
+        ),
+        good.map(lambda item: [item, item]),  # duplicates
+        st.one_of(good, st.integers(), st.booleans()),  # not a list
+    )
+
+
+# Keys whose values follow a grammar that ats.config checks (the schema only sketches it).
+SEMANTIC_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "search.pinned_policies": (unique_lists(policies), lists_with_one_bad(policies, bad_policies)),
+    "search.candidates.extra": (unique_lists(policies), lists_with_one_bad(policies, bad_policies)),
+    "training.validation_policies": (unique_lists(policies), lists_with_one_bad(policies, bad_policies)),
+    "training.baselines": (unique_lists(defences), lists_with_one_bad(defences, bad_defences)),
+    "training.gradient_defences": (
+        unique_lists(gradient_defences), lists_with_one_bad(gradient_defences, bad_gradient_defences)
+    ),
+    "model.arch": (architectures, st.one_of(bad_architectures, st.integers(), st.none())),
+    # Any existing file will do; the schema file certainly exists.
+    "search.pretrain.checkpoint": (
+        st.sampled_from([None, str(SCHEMA_PATH)]),
+        st.one_of(st.just("/nonexistent/100.pth"), st.integers(), st.booleans()),
+    ),
+    "dataset.source_dir": (st.one_of(st.none(), st.text(max_size=20)), st.one_of(st.integers(), st.booleans())),
+    "attack.attacks": (
+        unique_lists(st.sampled_from(get_key_enum := ["inversed", "inversed-zero", "inversed-sgd-sim",
+                                                      "inversed-LBFGS-sim", "inversed-adam-L1",
+                                                      "inversed-adam-L2", "zhu", "inversed-large"]),
+                     min_size=1),
+        st.one_of(st.just([]), lists_with_one_bad(st.sampled_from(get_key_enum), st.sampled_from(["dlg", "Inversed", ""]))),
+    ),
+    # The candidate sampler draws distinct policies; there are only so many.
+    "search.candidates.count": (
+        st.integers(0, DISTINCT_CANDIDATES),
+        st.one_of(st.integers(max_value=-1), st.integers(DISTINCT_CANDIDATES + 1), st.floats(0, 10).filter(float.is_integer).map(float)),
+    ),
+    # torch.manual_seed takes 64-bit seeds.
+    "seed": (
+        st.integers(0, MAX_SEED),
+        st.one_of(st.integers(max_value=-1), st.integers(MAX_SEED + 1), st.just(7.0), wrong_type_values),
+    ),
+}
+
+
+def _types(leaf: dict[str, Any]) -> list[str]:
+    kind = leaf["type"]
+    return kind if isinstance(kind, list) else [kind]
+
+
+def valid_values(leaf: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values the schema and ats.config must accept, from the leaf's type, bounds and enum."""
+    options = []
+    types = _types(leaf)
+    if "null" in types:
+        options.append(st.none())
+    if "enum" in leaf:
+        options.append(st.sampled_from(leaf["enum"]))
+    elif "integer" in types:
+        options.append(st.integers(leaf.get("minimum", -10**6), leaf.get("maximum", 10**6)))
+    elif "number" in types:
+        options.append(st.floats(
+            leaf.get("exclusiveMinimum", leaf.get("minimum", -1e6)), leaf.get("maximum", 1e6),
+            exclude_min="exclusiveMinimum" in leaf, **finite,
+        ))
+    elif "boolean" in types:
+        options.append(st.booleans())
+    return st.one_of(options)
+
+
+def invalid_values(leaf: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values of the wrong type, outside the bounds, or outside the enum."""
+    types = _types(leaf)
+    options: list[st.SearchStrategy[Any]] = []
+    if "enum" in leaf:
+        options += [st.text(max_size=10).filter(lambda text: text not in leaf["enum"]), st.integers(), st.booleans()]
+    elif "integer" in types:
+        # 5.0 satisfies JSON Schema's "integer" but breaks range(), slicing and seeds downstream.
+        options += [st.floats(allow_nan=False).filter(lambda x: x != int(x) if math.isfinite(x) else True),
+                    st.integers(-10**6, 10**6).map(float), st.text(max_size=5), st.booleans()]
+        if "minimum" in leaf:
+            options.append(st.integers(max_value=leaf["minimum"] - 1))
+    elif "number" in types:
+        options += [st.just(math.nan), st.sampled_from([math.inf, -math.inf]), st.text(max_size=5), st.booleans()]
+        if "minimum" in leaf:
+            options.append(st.floats(max_value=leaf["minimum"], exclude_max=True, **finite))
+        if "exclusiveMinimum" in leaf:
+            options.append(st.floats(max_value=leaf["exclusiveMinimum"], **finite))
+        if "maximum" in leaf:
+            options.append(st.floats(min_value=leaf["maximum"], exclude_min=True, **finite))
+    elif "boolean" in types:
+        options += [st.integers(0, 1), st.sampled_from(["yes", "true", "on"]), st.none()]
+    return st.one_of(options)
+
+
+def strategies_for(key: str) -> tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]:
+    if key in SEMANTIC_KEYS:
+        return SEMANTIC_KEYS[key]
+    leaf = leaf_keys()[key]
+    return valid_values(leaf), invalid_values(leaf)
+
+
+def base_config() -> dict[str, Any]:
+    """The tests' tiny config: a realistic starting point that is itself valid."""
+    return yaml.safe_load(TEST_CONFIG.read_text())
+
+
+@st.composite
+def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
+    config = base_config()
+    for key in draw(st.lists(st.sampled_from(sorted(leaf_keys())), max_size=8, unique=True)):
+        set_key(config, key, draw(strategies_for(key)[0]))
+    return config
+
+
+@st.composite
+def configs_with_one_bad_key(draw: st.DrawFn) -> tuple[dict[str, Any], str, Any]:
+    config = draw(valid_configs())
+    key = draw(st.sampled_from(sorted(leaf_keys())))
+    value = draw(strategies_for(key)[1])
+    set_key(config, key, value)
+    return config, key, value
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+
+
+def test_every_schema_key_has_valid_and_invalid_values() -> None:
+    """Guards the derivation: a new leaf of an unhandled kind would otherwise be fuzzed with nothing."""
+    for key, leaf in leaf_keys().items():
+        valid, invalid = strategies_for(key)
+        assert not valid.is_empty and not invalid.is_empty, key
+    assert len(leaf_keys()) >= 45  # every setting of the config (sanity check of the walk)
+
+
+@FUZZ
+@given(valid_configs())
+def test_valid_configs_pass_and_keep_their_values(config: dict[str, Any]) -> None:
+    given_config = copy.deepcopy(config)
+    validate_like_the_workflow(config)
+    for key in leaf_keys():
+        try:
+            expected = get_key(given_config, key)
+        except KeyError:
+            continue  # left out: the schema filled in its default
+        assert get_key(config, key) == expected
+
+
+@FUZZ
+@given(configs_with_one_bad_key())
+def test_an_invalid_value_is_rejected_naming_its_key(case: tuple[dict[str, Any], str, Any]) -> None:
+    config, key, value = case
+    with pytest.raises(ConfigRejected) as rejected:
+        validate_like_the_workflow(config)
+    message = str(rejected.value)
+    assert f"Invalid config key '{key}" in message, (value, message)
+    enum = leaf_keys().get(key, {}).get("enum")
+    if enum and not isinstance(value, (list, dict)):
+        assert all(str(allowed) in message for allowed in enum), message
+
+
+@FUZZ
+@given(
+    st.sampled_from(sorted(object_keys())),
+    st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True),
+    st.integers() | st.text(max_size=4),
+)
+def test_an_unknown_key_is_rejected_naming_it_and_its_parent(parent: str, name: str, value: Any) -> None:
+    if name in object_keys()[parent].get("properties", {}):
+        return
+    config = base_config()
+    set_key(config, f"{parent}.{name}" if parent else name, value)
+    with pytest.raises(ConfigRejected) as rejected:
+        validate_like_the_workflow(config)
+    message = str(rejected.value)
+    assert f"Invalid config key '{parent or '(top level)'}'" in message and repr(name) in message, message
