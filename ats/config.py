@@ -8,12 +8,21 @@ message names the offending key. Torch-free: ``common.smk`` imports this on ever
 
 from __future__ import annotations
 
+import math
 import os
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
+
+import yaml
 
 from ats.case.architectures import parse_arch
 from ats.defence.names import DefenceError, parse_defence
-from ats.policies import PolicyError, parse_policy
+from ats.policies import DISTINCT_CANDIDATES, PolicyError, parse_policy
+
+CONFIG_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+MAX_SEED = 2**64 - 1
+"""``torch.manual_seed`` takes seeds up to 2**64 - 1; a larger one would only fail inside a job."""
 
 
 class ConfigError(ValueError):
@@ -35,8 +44,41 @@ def describe_schema_error(error: Any) -> str:
     )
 
 
+@lru_cache(maxsize=1)
+def _config_schema() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG_SCHEMA_PATH.read_text())
+
+
+def _check_numbers(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    """Reject the numbers that JSON Schema lets through.
+
+    NaN passes every bound (all comparisons with NaN are false) and ±inf passes one-sided ones, so
+    ``fraction: .nan`` would only fail inside a job. JSON Schema counts ``5.0`` as an integer, but
+    ``range()`` and slicing do not (``epochs: 5.0`` fails in the training job), and ``seed: 7.0``
+    silently derives other random numbers than ``seed: 7``.
+    """
+    properties = schema.get("properties", {})
+    for name, value in config.items():
+        key, child = f"{prefix}{name}", properties.get(name, {})
+        if isinstance(value, Mapping):
+            _check_numbers(value, child, f"{key}.")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigError(key, f"must be a finite number, got {value}")
+            types = child.get("type", [])
+            if "integer" in ([types] if isinstance(types, str) else types):
+                raise ConfigError(key, f"must be an integer, got {value!r} (write {int(value)})")
+
+
 def check_config(config: Mapping[str, Any]) -> None:
     """Check a schema-validated config (defaults filled in); raise :class:`ConfigError`."""
+    _check_numbers(config, _config_schema())
+    if config["seed"] > MAX_SEED:
+        raise ConfigError("seed", f"{config['seed']} is larger than {MAX_SEED}, the largest seed torch takes")
+    count = config["search"]["candidates"]["count"]
+    if count > DISTINCT_CANDIDATES:
+        raise ConfigError("search.candidates.count", f"{count} is more than the {DISTINCT_CANDIDATES} distinct "
+                          "candidate policies there are (3 draws from no-op and the 50 ops)")
     policy_lists = {
         "search.pinned_policies": config["search"]["pinned_policies"],
         "search.candidates.extra": config["search"]["candidates"]["extra"],

@@ -27,6 +27,10 @@ BAD_CONFIGS = [
     ({"search": {"selection": {"top_k": 0}}}, ["search.selection.top_k", "minimum"]),
     ({"search": {"pretrain": {"checkpoint": "/nonexistent/100.pth"}}}, ["search.pretrain.checkpoint", "does not exist"]),
     ({"training": {"validation_policies": [17]}}, ["training.validation_policies", "string"]),
+    # What JSON Schema lets through: integral floats count as integers, NaN passes every bound.
+    ({"training": {"epochs": 5.0}}, ["training.epochs", "must be an integer, got 5.0"]),
+    ({"search": {"pretrain": {"fraction": float("nan")}}}, ["search.pretrain.fraction", "finite"]),
+    ({"search": {"candidates": {"count": 200000}}}, ["search.candidates.count", "distinct"]),
 ]
 
 

@@ -113,11 +113,11 @@ class _Objective:
         def matching(image: torch.Tensor, target: list[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
             return gradient_matching_cost(sample_gradient(parameters, image, label), target, config.cost)
 
-        def total(image: torch.Tensor, target: list[torch.Tensor], label: torch.Tensor):
+        def total(image: torch.Tensor, target: list[torch.Tensor],
+                  label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             matching_cost = matching(image, target, label)
             return matching_cost + config.tv_weight * total_variation(image), matching_cost
 
-        self.parameters = parameters
         #: (images, targets, labels) -> (image gradients, (total costs, matching costs))
         self.image_gradient = vmap(grad_and_value(total, has_aux=True))
         #: (images, targets, labels) -> matching costs
@@ -270,14 +270,16 @@ def _initial_images(config: AttackConfig, generators: Sequence[torch.Generator],
                     dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Starting images ``(B, restarts, C, H, W)``; target ``b``'s come from ``generators[b]`` alone.
 
-    Drawn on each generator's device and then moved, so a CPU generator gives the same start on
-    every device.
+    Restarts are drawn one image at a time, so restart ``r`` is the ``r``-th image its generator
+    draws, whatever the number of restarts. Drawn on each generator's device and then moved, so a
+    CPU generator gives the same start on every device.
     """
-    shape = (config.restarts, *image_shape)
     if config.init == "zeros":
-        return torch.zeros((len(generators), *shape), dtype=dtype, device=device)
+        return torch.zeros((len(generators), config.restarts, *image_shape), dtype=dtype, device=device)
     return torch.stack([
-        torch.randn(shape, generator=g, dtype=dtype, device=g.device).to(device) for g in generators
+        torch.stack([torch.randn(image_shape, generator=g, dtype=dtype, device=g.device)
+                     for _ in range(config.restarts)]).to(device)
+        for g in generators
     ])
 
 

@@ -15,5 +15,5 @@ plot_spri_vs_sacc(
     read_tsv(snakemake.input.ranking),
     chosen=selection["top_k"],
     hybrid=selection.get("hybrid"),
-    threshold=selection["threshold"],
+    threshold=selection["accuracy_threshold"],
 )

@@ -1,0 +1,185 @@
+"""The attack stage: invert the gradients of a trained model's target images and score the results.
+
+Protocol (spec §6.1), with the original's choices made explicit:
+
+* each target image goes through the same preprocessing as in training (``augmentation_mode``,
+  ``policy`` and a per-image ``draw``); the image whose gradient is shared, and against which the
+  reconstruction is scored, is that *transformed* image, as in the original;
+* each target shares its own gradient (batch size 1, eval mode, ``0.5 · CE``); optionally the
+  model's gradient defence is applied to it (``defend_observed_gradient``: the original never did,
+  spec §9 item 8), with noise drawn from a generator seeded by the target's index;
+* the attack knows the true label, or recovers it with the iDLG rule (``label_recovery``);
+* attacks run ``batch_size`` targets at a time (:func:`ats.attack.reconstruct.reconstruct`); every
+  target's starting image comes from a generator seeded by ``(seed, target index)``, so results do
+  not depend on the batch size or on which other targets share a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ats.attack.configs import get_attack
+from ats.attack.labels import recover_labels
+from ats.attack.metrics import feature_mse, mse, psnr, ssim
+from ats.attack.reconstruct import eval_mode, observed_gradients, reconstruct
+from ats.defence.gradient import GradientDefence
+from ats.runtime.hdf5 import write_h5
+from ats.runtime.logs import progress
+from ats.runtime.seeding import torch_generator
+
+logger = logging.getLogger(__name__)
+
+
+class AttackPreprocessor(Protocol):
+    """What the stage needs of :class:`ats.transforms.pipeline.Preprocessor`.
+
+    ``mean``/``std`` hold the per-channel normalisation (any shape with ``C`` entries).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __call__(self, images: np.ndarray, mode: str, policy: Any, draw: Any) -> torch.Tensor: ...
+
+
+def _check_targets(images_uint8: np.ndarray, labels: np.ndarray, target_indices: np.ndarray,
+                   batch_size: int) -> None:
+    if not isinstance(images_uint8, np.ndarray) or images_uint8.dtype != np.uint8 or images_uint8.ndim != 4:
+        raise ValueError(f"images_uint8 must be a uint8 N×H×W×C array, got "
+                         f"{getattr(images_uint8, 'dtype', type(images_uint8).__name__)} of shape "
+                         f"{getattr(images_uint8, 'shape', None)}")
+    count = images_uint8.shape[0]
+    if np.shape(labels) != (count,) or np.shape(target_indices) != (count,):
+        raise ValueError(f"labels {np.shape(labels)} and target_indices {np.shape(target_indices)} must both "
+                         f"have shape ({count},), one per target image")
+    if len(set(np.asarray(target_indices).tolist())) != count:
+        raise ValueError("target_indices must be distinct: they seed each target's attack")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _defend(defence: GradientDefence, gradients: list[torch.Tensor], seed: int,
+            target_indices: list[int]) -> list[torch.Tensor]:
+    """Apply ``defence`` to each target's gradient with noise from that target's own generator."""
+    per_target = [
+        defence.apply([g[row:row + 1] for g in gradients], torch_generator(seed, "attack-defence", index),
+                      per_sample=True)
+        for row, index in enumerate(target_indices)
+    ]
+    return [torch.cat(tensors) for tensors in zip(*per_target)]
+
+
+def attack_stage(
+    *,
+    model: nn.Module,
+    images_uint8: np.ndarray,
+    labels: np.ndarray,
+    target_indices: np.ndarray,
+    preprocessor: AttackPreprocessor,
+    augmentation_mode: str,
+    policy: Any,
+    draw: Any,
+    defence: GradientDefence | None,
+    defend_observed_gradient: bool,
+    attack_name: str,
+    iterations: int | None,
+    batch_size: int,
+    label_recovery: bool,
+    seed: int,
+    device: str | torch.device,
+    out_h5: str | os.PathLike,
+    fingerprint: str,
+) -> None:
+    """Attack every target image and write reconstructions, costs and metrics to ``out_h5``.
+
+    ``model``: the victim, built and loaded (moved to ``device``, evaluated in eval mode).
+    ``images_uint8``/``labels``/``target_indices``: the targets (``N×H×W×C``, ``(N,)``, ``(N,)``).
+    ``preprocessor(images, augmentation_mode, policy, draw)``: the normalised model inputs.
+    ``defence``: the model's gradient defence, applied to the shared gradients only when
+    ``defend_observed_gradient`` (a no-op without a gradient defence). ``iterations`` overrides the
+    attack's budget. ``device``: a resolved torch device (not ``"auto"``).
+
+    Output arrays (``N`` targets): ``reconstructions`` and ``ground_truth`` (float32 ``N×C×H×W`` in
+    [0, 1]; reconstructions clamped for storage), ``cost_history`` (``N×T``), ``final_cost``,
+    ``diverged``, ``labels``, ``attack_labels`` (the labels the attack used), ``target_indices`` and
+    ``metrics/{psnr,ssim,mse,feature_mse}`` (computed on the unclamped reconstructions, as the
+    original).
+    """
+    _check_targets(images_uint8, labels, target_indices, batch_size)
+    config = get_attack(attack_name, iterations)
+    if str(device) == "auto":
+        raise ValueError("device 'auto' must be resolved first (ats.runtime.device.resolve_device)")
+    device = torch.device(device)
+    model = model.to(device)
+    mean = preprocessor.mean.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
+    std = preprocessor.std.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
+    inputs = preprocessor(images_uint8, augmentation_mode, policy, draw).to(device)
+    true_labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    indices = [int(i) for i in np.asarray(target_indices)]
+    shield = defence if defend_observed_gradient else None
+    logger.info("attack %s (%d iterations) on %d targets, %d at a time, defence %s on the shared gradient, "
+                "labels %s", config.name, config.iterations, len(indices), batch_size,
+                shield.name if shield else "none", "recovered (iDLG)" if label_recovery else "known")
+
+    outputs: dict[str, list[torch.Tensor]] = {key: [] for key in (
+        "reconstructions", "cost_history", "final_cost", "diverged", "attack_labels",
+        "psnr", "ssim", "mse", "feature_mse")}
+    with eval_mode(model):
+        for start in progress(range(0, len(indices), batch_size), desc=f"attack {config.name}",
+                              total=-(-len(indices) // batch_size)):
+            rows = slice(start, start + batch_size)
+            batch_inputs, batch_indices = inputs[rows], indices[rows]
+            shared = observed_gradients(model, batch_inputs, true_labels[rows])
+            if shield is not None:
+                shared = _defend(shield, shared, seed, batch_indices)
+            attack_labels = recover_labels(model, shared) if label_recovery else true_labels[rows]
+            result = reconstruct(
+                model, shared, attack_labels, config, tuple(batch_inputs.shape[1:]), mean.flatten(), std.flatten(),
+                [torch_generator(seed, "attack-init", index) for index in batch_indices],
+            )
+            reconstructed, truth = result.images * std + mean, batch_inputs * std + mean
+            for key, value in (
+                ("reconstructions", reconstructed.clamp(0, 1)), ("cost_history", result.cost_history),
+                ("final_cost", result.final_cost), ("diverged", result.diverged),
+                ("attack_labels", attack_labels), ("psnr", psnr(reconstructed, truth)),
+                ("ssim", ssim(reconstructed, truth)), ("mse", mse(reconstructed, truth)),
+                ("feature_mse", feature_mse(model, result.images, batch_inputs)),
+            ):
+                outputs[key].append(value.detach().cpu())
+            logger.info("targets %d-%d: mean PSNR %.2f dB, %d diverged", start, start + len(batch_indices) - 1,
+                        float(outputs["psnr"][-1].mean()), int(outputs["diverged"][-1].sum()))
+
+    arrays = {key: torch.cat(values).numpy() for key, values in outputs.items()}
+    metrics = {f"metrics/{key}": arrays.pop(key).astype(np.float64) for key in ("psnr", "ssim", "mse", "feature_mse")}
+    write_h5(
+        out_h5,
+        {
+            **metrics,
+            "reconstructions": arrays["reconstructions"].astype(np.float32),
+            "ground_truth": (inputs * std + mean).cpu().numpy().astype(np.float32),
+            "cost_history": arrays["cost_history"].astype(np.float32),
+            "final_cost": arrays["final_cost"].astype(np.float64),
+            "diverged": arrays["diverged"].astype(bool),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "attack_labels": arrays["attack_labels"].astype(np.int64),
+            "target_indices": np.asarray(indices, dtype=np.int64),
+        },
+        {
+            "attack": config.name,
+            "iterations": config.iterations,
+            "defence": defence.name if defence else "none",
+            "defend_observed_gradient": bool(defend_observed_gradient and defence is not None),
+            "label_recovery": bool(label_recovery),
+            "augmentation_mode": augmentation_mode,
+            "seed": int(seed),
+        },
+        fingerprint=fingerprint,
+    )
+    logger.info("wrote %s: mean PSNR %.2f dB, mean SSIM %.3f over %d targets", out_h5,
+                float(metrics["metrics/psnr"].mean()), float(metrics["metrics/ssim"].mean()), len(indices))

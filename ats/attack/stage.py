@@ -1,0 +1,104 @@
+"""The attack stage as the workflow runs it: from files and config values to an attack file.
+
+:func:`ats.attack.run.attack_stage` works on objects (a model, images, a preprocessor) so that it can
+be tested in isolation; this module loads those objects from the workflow's files and settles the
+protocol questions that depend on the defence:
+
+* **Which image's gradient is shared.** As in the original, the attacker observes the gradient of
+  the test image *as the defence transforms it*: a policy model shares the gradient of a random
+  crop/flip/policy draw of the image, while the baselines (``none``, ``crop``) and the gradient
+  defences share the plain image (the original attacked its crop-trained baseline in ``normal``
+  mode). ``transformed_target=False`` shares the plain image for every defence.
+* **Which draw.** Each target's draw comes from a generator seeded by ``(seed, defence, index)``,
+  so it does not depend on the batch it is attacked in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ats.attack.run import attack_stage
+from ats.case.datasets import load_dataset
+from ats.case.models import load_model
+from ats.case.normalisation import normalisation_constants
+from ats.defence.gradient import GradientDefence
+from ats.defence.names import parse_defence
+from ats.policies import parse_policy
+from ats.runtime.device import resolve_device
+from ats.runtime.seeding import derive_seed, seed_everything
+from ats.transforms.pipeline import Preprocessor, draw_per_sample
+
+logger = logging.getLogger(__name__)
+
+
+def attack_defence(
+    *,
+    dataset_h5: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    arch: str,
+    defence: str,
+    attack: str,
+    first_target: int,
+    num_targets: int,
+    iterations: int | None,
+    batch_size: int,
+    transformed_target: bool,
+    defend_observed_gradient: bool,
+    label_recovery: bool,
+    seed: int,
+    device: str,
+    normalisation: str,
+    out_h5: str | os.PathLike,
+    fingerprint: str,
+) -> None:
+    """Attack test images ``first_target … first_target + num_targets − 1`` of one trained defence."""
+    spec = parse_defence(defence)
+    data = load_dataset(dataset_h5)
+    last = first_target + num_targets
+    if last > len(data.test_labels):
+        raise ValueError(
+            f"attack targets {first_target}..{last - 1} exceed the {len(data.test_labels)} test images "
+            f"of {data.spec.name}; lower attack.first_target or attack.num_targets"
+        )
+    seed_everything(seed)
+    torch_device = resolve_device(device)
+    model = load_model(checkpoint, arch, data.spec.num_classes, data.spec.channels).to(torch_device)
+    mean, std = normalisation_constants(data.spec.name, normalisation)
+
+    indices = np.arange(first_target, last)
+    shares_transformed_image = transformed_target and spec.kind == "policy"
+    policy = parse_policy(spec.policy) if shares_transformed_image else ()
+    mode = "policy" if shares_transformed_image else "plain"
+    draw = draw_per_sample(
+        policy,
+        [derive_seed(seed, "attack-target", defence, int(index)) for index in indices],
+        image_size=data.spec.native_size,
+    )
+    logger.info(
+        "attacking %d test images of defence %s with %s (%s preprocessing, observed gradient %s)",
+        len(indices), defence, attack, mode,
+        "defended" if defend_observed_gradient and spec.acts_on_gradient else "clean",
+    )
+    attack_stage(
+        model=model,
+        images_uint8=data.test_images[indices],
+        labels=data.test_labels[indices],
+        target_indices=indices,
+        preprocessor=Preprocessor(data.spec.channels, mean, std, device=torch_device),
+        augmentation_mode=mode,
+        policy=policy,
+        draw=draw,
+        defence=GradientDefence.from_spec(spec.kind, spec.strength),
+        defend_observed_gradient=defend_observed_gradient,
+        attack_name=attack,
+        iterations=iterations,
+        batch_size=batch_size,
+        label_recovery=label_recovery,
+        seed=seed,
+        device=torch_device,
+        out_h5=out_h5,
+        fingerprint=fingerprint,
+    )

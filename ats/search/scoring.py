@@ -1,0 +1,250 @@
+"""Stage 2 of the search: score a shard of candidate policies (S_pri and S_acc), and read shards back.
+
+One job loads the data, the evaluation images and both models once, then scores every policy of
+its shard, as the original's ``search_transform_attack.py`` did for one policy per process:
+
+* **S_pri** on the tiny-data model (the checkpoint, loaded strictly) in eval mode. Each S_pri image
+  gets the policy's training transform (crop, flip and the policy; nothing for the empty policy)
+  from a draw seeded by ``(seed, "spri", policy, test_index)``, and a noise image seeded by
+  ``(seed, "noise", test_index)``, the same for every policy, so that policies differ only by
+  their transform.
+* **S_acc** on an untrained model built right after seeding with ``seed``, so every policy of every
+  job sees the same initial weights (the original relied on its fixed import-time seed), with
+  draws seeded by ``(seed, "sacc", policy, run, test_index)``.
+
+Seeds are derived from names, not call order, so a policy's scores do not depend on its shard, its
+position in the shard or the device. A non-finite score is stored as NaN with status
+``nonfinite``; it never stops the job. A CUDA out-of-memory error halves the chunk size and retries.
+
+Shard file layout (HDF5 via :func:`ats.runtime.hdf5.write_h5`; policy strings are not valid
+dataset names, so per-policy groups are named by position):
+
+* ``policies`` (P,) strings; ``status`` (P,) strings, ``ok`` or ``nonfinite``;
+* ``privacy/indices``, ``privacy/labels`` (N,): the S_pri images' test indices and labels;
+  ``privacy/classes`` (K,): the distinct labels among them, the order of the per-class means;
+* ``accuracy/run_sizes`` (R,): images per S_acc run;
+* ``policy/{i}/spri`` (N,), ``policy/{i}/curves`` (N, bins+1), ``policy/{i}/spri_class_means`` (K,),
+  ``policy/{i}/sacc`` (R,), float64;
+* attributes ``arch, dataset, bins, seed, normalisation, device, chunk_size, seconds`` (per policy).
+
+This module imports torch only inside :func:`score_shard`, so that the selection job and the
+report, which only read shards, start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+
+from ats.runtime.hdf5 import CacheError, read_h5, write_h5
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STATUS_OK = "ok"
+STATUS_NONFINITE = "nonfinite"
+
+
+@dataclass(frozen=True)
+class PolicyScores:
+    """Everything a shard stores about one policy (see the module docstring for the arrays)."""
+
+    policy: str
+    status: str
+    spri: np.ndarray
+    curves: np.ndarray
+    classes: np.ndarray
+    spri_class_means: np.ndarray
+    sacc: np.ndarray
+
+    @property
+    def spri_mean(self) -> float:
+        """Mean S_pri over the images (the CVPR ranking key)."""
+        return float(np.mean(self.spri))
+
+    @property
+    def spri_class_var(self) -> float:
+        """Population variance of the per-class mean S_pri (the later code's second term)."""
+        return float(np.var(self.spri_class_means))
+
+    @property
+    def sacc_mean(self) -> float:
+        return float(np.mean(self.sacc))
+
+    @property
+    def is_finite(self) -> bool:
+        return self.status == STATUS_OK and bool(np.all(np.isfinite(self.spri)) and np.all(np.isfinite(self.sacc)))
+
+
+def class_means(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct labels, mean of ``values`` per label), labels ascending."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    sums = np.zeros(len(classes), dtype=np.float64)
+    np.add.at(sums, inverse, values)
+    return classes, sums / np.bincount(inverse)
+
+
+def _finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """``values`` as float64 with every ±Inf replaced by NaN, the one marker of a failed score."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
+    """Every policy of the shard files ``paths``, in file order then shard order.
+
+    Raises :class:`CacheError` naming a corrupted or foreign file, ``ValueError`` when a policy
+    appears in two shards.
+    """
+    scores: list[PolicyScores] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        arrays, _ = read_h5(path)
+        if "policies" not in arrays or "privacy/classes" not in arrays:
+            raise CacheError(f"{path}: not a score shard (no 'policies' or 'privacy/classes')")
+        for position, policy in enumerate(arrays["policies"]):
+            policy = str(policy)
+            if policy in seen:
+                raise ValueError(f"policy {policy!r} is scored in both {seen[policy]} and {path}")
+            seen[policy] = str(path)
+            group = f"policy/{position}"
+            try:
+                scores.append(PolicyScores(
+                    policy=policy, status=str(arrays["status"][position]), spri=arrays[f"{group}/spri"],
+                    curves=arrays[f"{group}/curves"], classes=arrays["privacy/classes"],
+                    spri_class_means=arrays[f"{group}/spri_class_means"], sacc=arrays[f"{group}/sacc"],
+                ))
+            except KeyError as error:
+                raise CacheError(f"{path}: score shard lacks {error} of policy {policy!r}") from error
+    return scores
+
+
+def _halve_on_cuda_oom(compute: Callable[[int], T], chunk_size: int, minimum: int, what: str) -> tuple[T, int]:
+    """``compute(chunk_size)``, halving ``chunk_size`` after each CUDA out-of-memory error.
+
+    Returns the result and the chunk size that worked, which later calls should start from.
+    """
+    import torch
+
+    while True:
+        try:
+            return compute(chunk_size), chunk_size
+        except torch.cuda.OutOfMemoryError:
+            if chunk_size <= minimum:
+                raise
+            torch.cuda.empty_cache()
+            chunk_size = max(minimum, chunk_size // 2)
+            _log.warning("CUDA out of memory during %s; retrying with chunk size %d", what, chunk_size)
+
+
+def score_shard(
+    *,
+    dataset_h5: str | os.PathLike,
+    eval_set_h5: str | os.PathLike,
+    search_checkpoint: str | os.PathLike,
+    arch: str,
+    policies: Sequence[str],
+    out_h5: str | os.PathLike,
+    seed: int,
+    device: str,
+    normalisation: str,
+    bins: int = 20,
+    chunk_size: int | None = None,
+    fingerprint: str,
+) -> None:
+    """Stage function: score every policy of the shard and write ``out_h5`` atomically.
+
+    ``chunk_size`` is the number of inputs per gradient pass (``None``: from the model size, see
+    :func:`ats.search.privacy.default_chunk_size`).
+    """
+    import torch
+
+    from ats.case.datasets import load_dataset
+    from ats.case.models import build_model
+    from ats.case.normalisation import normalisation_constants
+    from ats.policies import parse_policy
+    from ats.runtime.checkpoints import load_checkpoint
+    from ats.runtime.device import resolve_device
+    from ats.runtime.logs import progress
+    from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
+    from ats.search.accuracy import input_jacobians, score_from_jacobian
+    from ats.search.eval_set import load_eval_set
+    from ats.search.privacy import default_chunk_size, privacy_curves, uniform_noise
+    from ats.transforms.pipeline import OUTPUT_SIZE, Preprocessor, draw_per_sample
+
+    parsed = {policy: parse_policy(policy) for policy in policies}  # a bad policy fails before any work
+    dataset = load_dataset(dataset_h5)
+    spec = dataset.spec
+    eval_set = load_eval_set(eval_set_h5)
+    if eval_set.attrs.get("dataset") != spec.name or not np.array_equal(
+            dataset.test_labels[eval_set.privacy_indices], eval_set.privacy_labels):
+        raise CacheError(f"{eval_set_h5}: evaluation images were not cut from the dataset file {dataset_h5} "
+                         f"({eval_set.attrs.get('dataset')!r} vs {spec.name!r}); rebuild the evaluation set")
+    image_size = eval_set.privacy_images.shape[1]
+
+    torch_device = resolve_device(device)
+    seed_everything(seed)
+    untrained = build_model(arch, spec.num_classes, spec.channels).to(torch_device).eval()
+    trained = build_model(arch, spec.num_classes, spec.channels)
+    trained.load_state_dict(load_checkpoint(search_checkpoint)["state_dict"], strict=True)
+    trained = trained.to(torch_device).eval()
+
+    mean, std = normalisation_constants(spec.name, normalisation)
+    preprocessor = Preprocessor(spec.channels, mean, std, torch_device)
+    test_indices = [int(index) for index in eval_set.privacy_indices]
+    noise = torch.stack([
+        uniform_noise((spec.channels, OUTPUT_SIZE, OUTPUT_SIZE), torch_generator(seed, "noise", index), mean, std)
+        for index in test_indices]).to(torch_device)
+    labels = torch.as_tensor(eval_set.privacy_labels, dtype=torch.int64, device=torch_device)
+    runs = eval_set.accuracy_batches()
+    accuracy_keys = [(int(run), int(index)) for run, index in zip(eval_set.accuracy_run, eval_set.accuracy_indices)]
+    chunk = chunk_size or default_chunk_size(trained, torch_device)
+
+    arrays: dict[str, np.ndarray] = {}
+    statuses: list[str] = []
+    seconds: list[float] = []
+    for position, policy in enumerate(progress(policies, desc="scoring policies", total=len(policies))):
+        started = time.perf_counter()
+        privacy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "spri", policy, index) for index in test_indices],
+                                       image_size=image_size)
+        privacy_inputs = preprocessor(eval_set.privacy_images, "policy", parsed[policy], privacy_draw)
+        (spri, curves), chunk = _halve_on_cuda_oom(
+            lambda size: privacy_curves(trained, privacy_inputs, labels, noise, bins=bins, chunk_size=size),
+            chunk, bins + 1, f"S_pri of {policy!r}")
+        accuracy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "sacc", policy, run, index)
+                                                         for run, index in accuracy_keys], image_size=image_size)
+        accuracy_inputs = preprocessor(eval_set.accuracy_images, "policy", parsed[policy], accuracy_draw)
+        jacobians, chunk = _halve_on_cuda_oom(
+            lambda size: input_jacobians(untrained, accuracy_inputs, size), chunk, 1, f"S_acc of {policy!r}")
+        sacc = np.array([score_from_jacobian(jacobians[torch.as_tensor(batch, device=torch_device)]) for batch in runs])
+
+        group = f"policy/{position}"
+        arrays[f"{group}/spri"] = _finite_or_nan(spri.double().cpu().numpy())
+        arrays[f"{group}/curves"] = _finite_or_nan(curves.double().cpu().numpy())
+        classes, arrays[f"{group}/spri_class_means"] = class_means(arrays[f"{group}/spri"], eval_set.privacy_labels)
+        arrays[f"{group}/sacc"] = _finite_or_nan(sacc)
+        finite = not (np.isnan(arrays[f"{group}/spri"]).any() or np.isnan(arrays[f"{group}/sacc"]).any())
+        statuses.append(STATUS_OK if finite else STATUS_NONFINITE)
+        seconds.append(time.perf_counter() - started)
+        if not finite:
+            _log.warning("policy %r: non-finite scores stored as NaN (status %s)", policy, STATUS_NONFINITE)
+        _log.info("policy %r: S_pri %.5f, S_acc %.3f (%.1f s)", policy, float(np.mean(arrays[f"{group}/spri"])),
+                  float(np.mean(arrays[f"{group}/sacc"])), seconds[-1])
+
+    arrays.update({
+        "policies": np.array(list(policies), dtype=object),
+        "status": np.array(statuses, dtype=object),
+        "privacy/indices": eval_set.privacy_indices,
+        "privacy/labels": eval_set.privacy_labels,
+        "privacy/classes": np.unique(eval_set.privacy_labels),
+        "accuracy/run_sizes": np.array([len(batch) for batch in runs], dtype=np.int64),
+    })
+    attrs = {"arch": arch, "dataset": spec.name, "bins": bins, "seed": seed, "normalisation": normalisation,
+             "device": str(torch_device), "chunk_size": chunk, "seconds": seconds}
+    write_h5(out_h5, arrays, attrs, fingerprint=fingerprint)
+    _log.info("scored %d policies in %.1f s into %s", len(policies), sum(seconds), out_h5)
