@@ -33,9 +33,9 @@ import torch
 from ats.attack import reconstruct as attack_engine
 from ats.attack import run as attack_run
 from ats.case import models
+from ats.report.summary import PER_IMAGE_METRICS, summary_rows
 from ats.runtime.atomic import read_tsv, write_tsv
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
-from ats.report.summary import PER_IMAGE_METRICS, summary_rows
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
 from ats.search import accuracy, privacy, scoring
 from ats.search.eval_set import build_eval_set
@@ -208,7 +208,9 @@ def _kill_while_writing(kind: str, path: Path) -> None:
 
 @pytest.mark.parametrize("kind", sorted(_KILLED_WRITERS))
 @pytest.mark.parametrize("earlier_version", [False, True], ids=["new", "rewrite"])
-def test_writer_killed_mid_write_leaves_no_complete_looking_file(tmp_path: Path, kind: str, earlier_version: bool) -> None:
+def test_writer_killed_mid_write_leaves_no_complete_looking_file(
+    tmp_path: Path, kind: str, earlier_version: bool
+) -> None:
     path = tmp_path / _FILE_NAMES[kind]
     if earlier_version:
         _write_earlier_version(kind, path)
@@ -254,15 +256,17 @@ def _writes_outside_atomic_path(source: str) -> list[int]:
         if name not in _WRITE_CALLS:
             return False
         if name in ("open", "File"):
-            modes = [arg.value for arg in call.args[1:2] + [kw.value for kw in call.keywords if kw.arg == "mode"]
+            # open(path, mode) and h5py.File(path, mode), but path.open(mode)
+            positional = call.args[0:1] if name == "open" and isinstance(call.func, ast.Attribute) else call.args[1:2]
+            modes = [arg.value for arg in positional + [kw.value for kw in call.keywords if kw.arg == "mode"]
                      if isinstance(arg, ast.Constant)]
             return any(set(str(mode)) & set("wax+") for mode in modes)
         if name == "dump":  # json/pickle/yaml.dump(obj, handle) writes; yaml.dump(obj) only formats
             return len(call.args) >= 2
         return True
 
-    return [node.lineno for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and writes(node) and not inside_atomic_path(node)]
+    return sorted(node.lineno for node in ast.walk(tree)
+                  if isinstance(node, ast.Call) and writes(node) and not inside_atomic_path(node))
 
 
 def test_every_writer_goes_through_atomic_path() -> None:
@@ -275,7 +279,8 @@ def test_every_writer_goes_through_atomic_path() -> None:
         and (lines := _writes_outside_atomic_path(path.read_text()))
     }
     assert offenders == {}
-    assert _writes_outside_atomic_path("open(path, 'w').write('x')") == [1]  # the guard itself works
+    # The guard itself works:
+    assert _writes_outside_atomic_path("open(path, 'w').write('x')\npath.open('a')\nopen(path).read()") == [1, 2]
     assert _writes_outside_atomic_path("with atomic_path(p) as tmp:\n    torch.save(x, tmp)") == []
 
 
@@ -448,17 +453,17 @@ def test_scoring_survives_cuda_oom_with_smaller_chunks(
     expected = _score(search_inputs, tmp_path / "small-chunks.h5", chunk_size=8)
     chunk_sizes: dict[str, list[int]] = {"privacy": [], "accuracy": []}
 
-    def with_little_memory(name: str, compute: Any, size_argument: str) -> Any:
+    def with_little_memory(name: str, compute: Any) -> Any:
         def compute_or_run_out_of_memory(*args: Any, **kwargs: Any) -> Any:
-            size = kwargs[size_argument] if size_argument in kwargs else args[-1]
+            size = kwargs["chunk_size"] if "chunk_size" in kwargs else args[-1]
             chunk_sizes[name].append(size)
             if size > 8:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
             return compute(*args, **kwargs)
         return compute_or_run_out_of_memory
 
-    monkeypatch.setattr(privacy, "privacy_curves", with_little_memory("privacy", privacy.privacy_curves, "chunk_size"))
-    monkeypatch.setattr(accuracy, "input_jacobians", with_little_memory("accuracy", accuracy.input_jacobians, "chunk_size"))
+    monkeypatch.setattr(privacy, "privacy_curves", with_little_memory("privacy", privacy.privacy_curves))
+    monkeypatch.setattr(accuracy, "input_jacobians", with_little_memory("accuracy", accuracy.input_jacobians))
     with caplog.at_level(logging.WARNING):
         arrays = _score(search_inputs, tmp_path / "shard-0000.h5", chunk_size=32)
     # The first policy finds the size that fits; the others start from it.

@@ -49,6 +49,8 @@ GRADIENT_METHODS: tuple[str, ...] = ("auto", "layerwise", "vmap")
 # Memory per chunk that default_chunk_size aims for; a CUDA OOM halves the chunk (scoring.py).
 _CHUNK_MEMORY_BUDGET_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
 _MAX_DEFAULT_CHUNK_POINTS = {"cpu": 256, "cuda": 4096}
+_MIN_GROUPED_CHANNELS = 8  # input channels below which a conv's per-sample gradient uses im2col + bmm
+_GRAM_BLOCK = 1 << 14  # columns per float32 block of _materialised_stats (≈5e-6 relative error)
 
 
 def uniform_noise(
@@ -150,7 +152,7 @@ def privacy_curves(
             stop = min(start + images_per_chunk, len(images))
             inputs = interpolation_path(images[start:stop], noise[start:stop], bins)
             targets = labels[start:stop].repeat_interleave(points)
-            curves[start:stop] = cosine_sums(model, inputs, targets, points) / num_tensors
+            curves[start:stop] = (cosine_sums(model, inputs, targets, points) / num_tensors).to(curves.dtype)
     return trapezoid_mean(curves), curves
 
 
@@ -191,20 +193,29 @@ def _choose_engine(model: nn.Module, method: str) -> CosineSums:
 
 
 def _cosine(dot: Tensor, norm_sq: Tensor) -> Tensor:
-    """cos with the reference (last point of each image), as torch's cosine_similarity: (B, P)."""
-    norm = norm_sq.clamp_min(0).sqrt().clamp_min(COSINE_EPS)
-    return dot / (norm * norm[:, -1:])
+    """cos with the reference (last point of each image), as torch's cosine_similarity: (B, P).
+
+    dot / (max(‖g‖, eps)·max(‖g*‖, eps)), written with max(‖g‖, eps) = √max(‖g‖², eps²) so that
+    a (rounding-)negative squared norm from a Gram matrix is harmless.
+    """
+    inverse_norm = norm_sq.clamp_min(COSINE_EPS**2).rsqrt()
+    return dot * inverse_norm * inverse_norm[:, -1:]
 
 
 def _materialised_stats(per_sample: Tensor, points: int) -> tuple[Tensor, Tensor]:
     """Dot products with the reference and squared norms of per-sample gradients (M, ...).
 
-    ``vecdot`` and ``vector_norm`` are single fused passes with pairwise summation; a batched
-    matrix product would be faster still but loses ~1e-4 of relative precision over the ~10⁵–10⁶
-    float32 terms of a large layer.
+    Both come from each image's points × points Gram matrix, one batched matrix product that is
+    far faster than elementwise passes over the gradients. The product runs over blocks of
+    :data:`_GRAM_BLOCK` columns summed in float64, because float32 dot products over the ~10⁵–10⁶
+    entries of a large layer would lose ~1e-4 of relative precision. As the reference's dot with
+    itself is its squared norm, the last point's cosine is 1 up to rounding.
     """
-    grads = per_sample.reshape(-1, points, per_sample[0].numel())
-    return torch.linalg.vecdot(grads, grads[:, -1:]), torch.linalg.vector_norm(grads, dim=-1).square()
+    blocks = per_sample.reshape(-1, points, per_sample[0].numel()).split(_GRAM_BLOCK, dim=-1)
+    gram = torch.bmm(blocks[0], blocks[0].transpose(1, 2)).double()
+    for block in blocks[1:]:
+        gram += torch.bmm(block, block.transpose(1, 2))
+    return gram[:, :, -1], torch.diagonal(gram, dim1=1, dim2=2)
 
 
 def _gram_stats(output_grad: Tensor, layer_input: Tensor, points: int) -> tuple[Tensor, Tensor]:
@@ -278,6 +289,10 @@ def _layer_stats(module: nn.Module, layer_input: Tensor, output_grad: Tensor, po
         positions = output_grad.shape[2] * output_grad.shape[3]
         if _gram_is_cheaper(positions, out_channels, in_channels * kernel_h * kernel_w):
             yield _gram_stats(output_grad.flatten(2).transpose(1, 2), _conv_columns(module, layer_input), points)
+        elif in_channels < _MIN_GROUPED_CHANNELS:
+            # A first layer: its columns are small, and grouped kernels with so few channels per
+            # group fall back to a scalar implementation (40× slower on CPU).
+            yield _materialised_stats(torch.bmm(output_grad.flatten(2), _conv_columns(module, layer_input)), points)
         else:
             # Samples as groups: one grouped weight-gradient convolution gives every sample's gradient.
             per_sample = torch.nn.grad.conv2d_weight(
@@ -319,7 +334,7 @@ def _layerwise_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, poi
     """
     layers = [module for module in model.modules() if any(True for _ in module.parameters(recurse=False))]
     expected_tensors = sum(len(list(module.parameters(recurse=False))) for module in layers)
-    cosine_sum = inputs.new_zeros(len(inputs) // points, points)
+    cosine_sum = inputs.new_zeros(len(inputs) // points, points, dtype=torch.float64)
     tensors_done = [0]
     calls: Counter[nn.Module] = Counter()
 
@@ -368,7 +383,7 @@ def _vmap_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, points: 
         return 0.5 * F.cross_entropy(logits, label.unsqueeze(0))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(parameters, inputs, labels)
-    cosine_sum = inputs.new_zeros(len(inputs) // points, points)
+    cosine_sum = inputs.new_zeros(len(inputs) // points, points, dtype=torch.float64)
     for gradient in per_sample.values():
         cosine_sum.add_(_cosine(*_materialised_stats(gradient, points)))
     return cosine_sum

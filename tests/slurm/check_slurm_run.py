@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -171,33 +172,77 @@ def check_benchmark(job: Job, path: Path) -> list[str]:
     return []
 
 
+# Wall-clock timings (``train_seconds``, a ``seconds`` column or attribute) differ between any two
+# runs; everything else a stage writes is a function of the config and must be identical.
+TIMING_NAME = re.compile(r"(^|_)seconds$")
+
+
 def result_files(results: Path, ignored: list[str]) -> set[str]:
     files = {str(path.relative_to(results)) for path in results.rglob("*") if path.is_file()}
     return {name for name in files if not any(name.startswith(prefix + "/") for prefix in ignored)}
 
 
-def h5_differences(expected: Path, actual: Path) -> list[str]:
-    """Where two HDF5 files differ in datasets or attributes (not in byte layout)."""
+def load_h5(path: Path) -> dict[str, object]:
+    """Every dataset (``name``) and attribute (``name@key``) of an HDF5 file."""
+    items: dict[str, object] = {}
+    with h5py.File(path, "r") as handle:
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset):
+                items[name] = obj[()]
+            for key, value in obj.attrs.items():
+                items[f"{name}@{key}"] = value
 
-    def contents(path: Path) -> dict[str, object]:
-        items: dict[str, object] = {}
-        with h5py.File(path, "r") as handle:
-            def visit(name: str, obj: object) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    items[name] = obj[()]
-                for key, value in obj.attrs.items():
-                    items[f"{name}@{key}"] = value
+        visit("", handle)  # the root's attributes: "@key"
+        handle.visititems(visit)
+    return items
 
-            visit("/", handle)
-            handle.visititems(visit)
-        return items
 
-    left, right = contents(expected), contents(actual)
-    differences = [f"only in one file: {key}" for key in sorted(set(left) ^ set(right))]
-    for key in sorted(set(left) & set(right)):
-        if not np.array_equal(np.asarray(left[key]), np.asarray(right[key])):
-            differences.append(f"{key} differs")
-    return differences
+def load_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def load_torch(path: Path) -> object:
+    import torch  # only the checkpoints need it, and it takes seconds to import
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+STRUCTURED_LOADERS = {".h5": load_h5, ".json": lambda path: json.loads(path.read_text()),
+                      ".tsv": load_tsv, ".pt": load_torch}
+
+
+def structural_differences(left: object, right: object, where: str = "") -> list[str]:
+    """Where two loaded files differ, ignoring timing entries (see TIMING_NAME)."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = {key for key in left.keys() | right.keys()
+                if not TIMING_NAME.search(str(key).rsplit("@", 1)[-1])}
+        differences = [f"{where}/{key} only in one run" for key in sorted(keys, key=str)
+                       if (key in left) != (key in right)]
+        for key in sorted(keys & left.keys() & right.keys(), key=str):
+            differences += structural_differences(left[key], right[key], f"{where}/{key}")
+        return differences
+    if isinstance(left, list) and isinstance(right, list):
+        if len(left) != len(right):
+            return [f"{where}: {len(left)} against {len(right)} entries"]
+        return [difference for index, (a, b) in enumerate(zip(left, right))
+                for difference in structural_differences(a, b, f"{where}[{index}]")]
+    if isinstance(left, np.ndarray) or hasattr(left, "numpy"):  # numpy arrays, torch tensors
+        same = arrays_equal(as_array(left), as_array(right))
+    else:
+        same = left == right
+    return [] if same else [f"{where} differs"]
+
+
+def as_array(value: object) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def arrays_equal(left: np.ndarray, right: np.ndarray) -> bool:
+    """Exact equality; NaN equals NaN (a score may be NaN in both runs)."""
+    if left.dtype.kind in "fc" and right.dtype.kind in "fc":
+        return np.array_equal(left, right, equal_nan=True)
+    return np.array_equal(left, right)
 
 
 def compare_results(local_dir: Path, slurm_dir: Path, ignored: list[str]) -> list[str]:
@@ -209,12 +254,11 @@ def compare_results(local_dir: Path, slurm_dir: Path, ignored: list[str]) -> lis
         left, right = expected_root / name, actual_root / name
         if left.read_bytes() == right.read_bytes():
             continue
-        if name.endswith(".h5"):
-            differences = h5_differences(left, right)
-            if differences:
-                problems.append(f"{name}: {'; '.join(differences[:5])}")
-        else:
-            problems.append(f"{name}: contents differ")
+        loader = STRUCTURED_LOADERS.get(left.suffix)
+        differences = (structural_differences(loader(left), loader(right)) if loader
+                       else ["contents differ"])
+        if differences:
+            problems.append(f"{name}: {'; '.join(differences[:5])}")
     print(f"compare: {len(expected & actual)} result files compared (ignoring {ignored})")
     return problems
 

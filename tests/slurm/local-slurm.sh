@@ -86,7 +86,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 # Finished jobs stay visible to squeue this long. The Snakemake plugin's squeue status mode needs
 # MinJobAge >= 3 x its first-poll delay, and the tests read finished jobs with scontrol.
-MinJobAge=600
+MinJobAge=3600
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem $gres_line State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

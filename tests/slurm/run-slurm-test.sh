@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # `make test-slurm`: run the tiny test workflow on a real (local, single-node) Slurm scheduler.
 #
-#  1. start a throwaway Slurm with two fake GPUs (tests/slurm/local-slurm.sh; installs the Debian
+#  1. start a throwaway Slurm with fake GPUs (tests/slurm/local-slurm.sh; installs the Debian
 #     packages when missing);
-#  2. run the workflow with tests/config/test.yaml under `--profile profiles/slurm --profile
-#     tests/slurm/profile` (the user profile, with the test cluster's differences layered on top);
-#  3. run the same workflow locally;
-#  4. check that every non-local job ran under Slurm and recorded its SLURM_JOB_ID, that the GPU
-#     stages asked for a GPU and saw CUDA_VISIBLE_DEVICES, that benchmarks timed every job, and
-#     that both runs wrote the same results (tests/slurm/check_slurm_run.py);
-#  5. run a job that fails on purpose and check that Snakemake exits non-zero in bounded time;
-#  6. stop the daemons it started, by PID, whatever happened (trap).
+#  2. start the test workflow (tests/config/test.yaml) locally, in the background: the reference
+#     results. It runs while the Slurm run mostly waits for status polls;
+#  3. run a job that fails on purpose under Slurm: Snakemake must exit non-zero in bounded time;
+#  4. run the test workflow under `--profile profiles/slurm --profile tests/slurm/profile` (the user
+#     profile, with the test cluster's differences layered on top);
+#  5. check (tests/slurm/check_slurm_run.py) that every non-local job ran under Slurm and logged
+#     its SLURM_JOB_ID, that exactly the GPU stages asked for a GPU and saw CUDA_VISIBLE_DEVICES,
+#     that benchmarks timed every job, and that both runs wrote the same results;
+#  6. stop the daemons it started, by PID, and the background run, whatever happened (trap).
 #
 # Skips (exit 0, with the reason) where a local Slurm cannot be started: not root, no apt-get and
 # no Slurm, a real Slurm configuration present, or already inside a Slurm job. Every command runs
@@ -25,11 +26,12 @@ SNAKEMAKE=$REPO/.venv/bin/snakemake
 PYTHON=$REPO/.venv/bin/python
 LOCAL_SLURM=$REPO/tests/slurm/local-slurm.sh
 SLURM_STATE=${LOCAL_SLURM_STATE:-/tmp/local-slurm}
+SLURM_PROFILES=(--profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/profile")
 # The stages that must ask Slurm for a GPU (resources: gpu=1); every other Slurm job must not.
 GPU_RULES=pretrain_search_model,score_shard,train_defence,attack_defence
-# Time limits (s). A healthy run takes about a third of each; beyond it something hangs.
+# Time limits (s). A healthy run takes well under half of each; beyond it something hangs.
 START_LIMIT=300
-WORKFLOW_LIMIT=900
+WORKFLOW_LIMIT=1000
 FAILING_JOB_LIMIT=120
 
 skip() {
@@ -45,7 +47,8 @@ fail() {
 [ "$(id -u)" -eq 0 ] || skip "starting a local Slurm needs root (CI runs as root)"
 [ -x /usr/sbin/slurmctld ] || command -v apt-get >/dev/null \
   || skip "Slurm is not installed and apt-get is not available to install it"
-if [ -e /etc/slurm/slurm.conf ] && ! grep -q "written by tests/slurm/local-slurm.sh" /etc/slurm/slurm.conf; then
+if [ -e /etc/slurm/slurm.conf ] \
+  && ! grep -q "written by tests/slurm/local-slurm.sh" /etc/slurm/slurm.conf; then
   skip "/etc/slurm/slurm.conf belongs to a real Slurm installation; not touching it"
 fi
 [ -z "${SLURM_JOB_ID:-}" ] || skip "running inside Slurm job $SLURM_JOB_ID"
@@ -56,39 +59,39 @@ mkdir -p "$SCRATCH"
 # The GPU evidence must come from Slurm, not from the caller's environment (sbatch exports it).
 unset CUDA_VISIBLE_DEVICES
 
-# Stop the daemons on every exit, unless they already ran before this test (somebody's session).
+# Leave a local Slurm that ran before this test running (somebody's session); stop ours.
+stop_slurm=yes
 if [ -s "$SLURM_STATE/slurmctld.pid" ] && kill -0 "$(cat "$SLURM_STATE/slurmctld.pid")" 2>/dev/null; then
   log "a local Slurm is already running; it will be left running"
-else
-  trap 'timeout 60 "$LOCAL_SLURM" stop' EXIT
+  stop_slurm=no
 fi
+local_run_pid=
+cleanup() {
+  if [ -n "$local_run_pid" ] && kill -0 "$local_run_pid" 2>/dev/null; then
+    kill "$local_run_pid"  # timeout passes SIGTERM on to Snakemake
+  fi
+  if [ "$stop_slurm" = yes ]; then
+    timeout 60 "$LOCAL_SLURM" stop
+  fi
+}
+trap cleanup EXIT
+
+# Prints the last lines of a failed run's output, then fails.
+fail_run() {
+  local output=$1 status=$2
+  tail -n 40 "$output" >&2
+  fail "$(basename "$output" .out) run exited with $status (full output: $output)"
+}
 
 started=$(date +%s)
 log "starting the local Slurm (scratch: $SCRATCH)"
 timeout -k 10 "$START_LIMIT" "$LOCAL_SLURM" start
 
-# Runs the test workflow in $1 with the remaining arguments; output in $1.out.
-run_workflow() {
-  local workdir=$1
-  shift
-  timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
-    --configfile "$REPO/tests/config/test.yaml" --directory "$workdir" "$@" \
-    >"$workdir.out" 2>&1 || {
-    local status=$?
-    tail -n 40 "$workdir.out" >&2
-    fail "workflow run in $workdir exited with $status (full output: $workdir.out)"
-  }
-}
-
-log "running the test workflow under Slurm"
-run_workflow "$SCRATCH/slurm" --profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/profile"
-log "running the test workflow locally"
-run_workflow "$SCRATCH/local" --cores 2
-
-log "checking the Slurm jobs and comparing the results"
-timeout 120 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" --gpu-rules "$GPU_RULES"
-timeout 300 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" compare "$SCRATCH/local" "$SCRATCH/slurm" \
-  --ignore logs --ignore benchmarks
+log "starting the local reference run in the background"
+timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
+  --configfile "$REPO/tests/config/test.yaml" --directory "$SCRATCH/local" --cores 2 \
+  >"$SCRATCH/local.out" 2>&1 &
+local_run_pid=$!
 
 log "checking that a failing Slurm job fails the run in bounded time"
 mkdir -p "$SCRATCH/failing"
@@ -100,21 +103,37 @@ rule fail_on_purpose:
     shell: "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-unset}} > {log}; exit 3"
 EOF
 failing_started=$(date +%s)
-set +e
+failing_status=0
 timeout -k 10 "$FAILING_JOB_LIMIT" "$SNAKEMAKE" --snakefile "$SCRATCH/failing/Snakefile" \
-  --directory "$SCRATCH/failing" --profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/profile" \
-  >"$SCRATCH/failing.out" 2>&1
-failing_rc=$?
-set -e
+  --directory "$SCRATCH/failing" "${SLURM_PROFILES[@]}" >"$SCRATCH/failing.out" 2>&1 \
+  || failing_status=$?
 failing_seconds=$(($(date +%s) - failing_started))
-[ "$failing_rc" -ne 124 ] && [ "$failing_rc" -ne 137 ] \
-  || fail "Snakemake did not notice the failed Slurm job within ${FAILING_JOB_LIMIT} s (it hangs)"
-[ "$failing_rc" -ne 0 ] || fail "Snakemake exited 0 although its Slurm job failed"
+case $failing_status in
+  0) fail "Snakemake exited 0 although its Slurm job failed (see $SCRATCH/failing.out)" ;;
+  124 | 137) fail "Snakemake did not notice the failed Slurm job within $FAILING_JOB_LIMIT s" ;;
+esac
 grep -q "Error in rule fail_on_purpose" "$SCRATCH/failing.out" \
   || fail "Snakemake's output does not name the failed rule (see $SCRATCH/failing.out)"
 grep -Eq "^SLURM_JOB_ID=[0-9]+$" "$SCRATCH/failing/fail_on_purpose.log" \
   || fail "the failing job did not run under Slurm (see $SCRATCH/failing/fail_on_purpose.log)"
-log "the failing job made Snakemake exit $failing_rc after ${failing_seconds} s"
+log "the failing job made Snakemake exit $failing_status after $failing_seconds s"
+
+log "running the test workflow under Slurm"
+slurm_status=0
+timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
+  --configfile "$REPO/tests/config/test.yaml" --directory "$SCRATCH/slurm" "${SLURM_PROFILES[@]}" \
+  >"$SCRATCH/slurm.out" 2>&1 || slurm_status=$?
+[ "$slurm_status" -eq 0 ] || fail_run "$SCRATCH/slurm.out" "$slurm_status"
+log "Slurm run done; waiting for the local run"
+local_status=0
+wait "$local_run_pid" || local_status=$?
+[ "$local_status" -eq 0 ] || fail_run "$SCRATCH/local.out" "$local_status"
+
+log "checking the Slurm jobs and comparing the results"
+timeout 60 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" \
+  --gpu-rules "$GPU_RULES"
+timeout 120 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" compare "$SCRATCH/local" \
+  "$SCRATCH/slurm" --ignore logs --ignore benchmarks
 
 log "PASSED in $(($(date +%s) - started)) s"
 [ -n "${ATS_SLURM_TEST_DIR:-}" ] || rm -rf "$SCRATCH"

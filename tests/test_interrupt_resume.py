@@ -1,0 +1,272 @@
+"""The workflow killed with SIGKILL mid-scoring and mid-training, then resumed as README.md says.
+
+A tiny Fashion-MNIST (random pixels in the official IDX format, 400 images per split) keeps every
+job short, and ``--cores 1`` runs one job at a time, so each kill lands in a known job. The
+uninterrupted reference run goes at the same time as the interrupted runs, one core each.
+
+After a kill the run continues with what README.md tells users to type::
+
+    snakemake --unlock <same options>
+    snakemake --rerun-incomplete <same options>
+
+and the test checks that the run completes, that ranking and summary are byte-for-byte those of
+the uninterrupted run, and that nothing finished before a kill was computed again: its files keep
+their inode and mtime, its logs are untouched, and the resumed training log starts at the first
+unfinished epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import pytest
+import yaml
+
+from conftest import write_fashion_mnist_folder
+from workflow_helpers import REPO, SNAKEMAKE, TEST_CONFIG
+
+pytestmark = pytest.mark.workflow
+
+EPOCHS = 3
+POLL_INTERVAL_S = 0.05
+RUN_TIMEOUT_S = 900
+
+
+def interrupt_config(raw_data: Path) -> dict:
+    """Over tests/config/test.yaml: local tiny data, three shards, two trained defences of 3 epochs."""
+    return {
+        "dataset": {"source_dir": str(raw_data), "download": False},
+        "search": {"pretrain": {"fraction": 0.25}, "shard_size": 2, "selection": {"top_k": 1}},
+        "training": {"epochs": EPOCHS, "train_fraction": 1.0, "eval_every": 1, "baselines": ["crop"],
+                     "gradient_defences": []},
+    }
+
+
+def snakemake_command(workdir: Path, *options: str) -> list[str]:
+    return [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(TEST_CONFIG), str(workdir / "override.yaml"), "--cores", "1", *options]
+
+
+def start(workdir: Path, *options: str) -> subprocess.Popen:
+    """Start snakemake in its own process group, so that one killpg takes its jobs down with it."""
+    with (workdir / "snakemake.out").open("a") as output:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(snakemake_command(workdir, *options), cwd=workdir, start_new_session=True,
+                                stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Kill points: each looks at the files a running workflow leaves and names the job it hits.
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def mid_scoring(workdir: Path) -> str | None:
+    """A shard job is inside its stage function while another shard is already finished."""
+    scores, logs = workdir / "results/search/scores", workdir / "results/logs/score_shard"
+    finished = {path.stem.removeprefix("shard-") for path in scores.glob("shard-*.h5")}
+    running = [log.stem for log in logs.glob("*.log")
+               if log.stem not in finished and "runtime hostname=" in _read(log)]
+    return f"score_shard {running[0]}" if finished and running else None
+
+
+def mid_training(workdir: Path) -> str | None:
+    """A defence has saved its first epoch's state and is training the next one."""
+    for log in sorted((workdir / "results/logs/train_defence").glob("*.log")):
+        text = _read(log)
+        if f"epoch 0 (last {EPOCHS - 1})" in text and "final test accuracy" not in text:
+            return f"train_defence {log.stem}"
+    return None
+
+
+def _written_by(job: str, path: str) -> bool:
+    rule, name = job.split()
+    if rule == "score_shard":
+        return path == f"results/search/scores/shard-{name}.h5"
+    return path.startswith(f"results/train/{name}/")
+
+
+@dataclass
+class Kill:
+    """A run killed at a kill point, with what existed at that moment."""
+
+    job: str
+    finished_files: dict[str, tuple[int, int]]  # path -> (inode, mtime_ns)
+    logs: dict[str, str]  # path -> content
+
+
+def snapshot(workdir: Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Identity of every result file, and the text of every log.
+
+    Left out: hidden temporary files, training states (``resume.pt``, the running job's own
+    progress, deleted when it finishes) and benchmarks (Snakemake rewrites them per job).
+    """
+    results = workdir / "results"
+    files = {str(p.relative_to(workdir)): (p.stat().st_ino, p.stat().st_mtime_ns)
+             for p in results.rglob("*") if p.is_file() and not p.name.startswith(".")
+             and p.name != "resume.pt" and "logs" not in p.parts and "benchmarks" not in p.parts}
+    logs = {str(p.relative_to(workdir)): p.read_text() for p in (results / "logs").rglob("*.log")}
+    return files, logs
+
+
+def run_until(workdir: Path, kill_point: Callable[[Path], str | None] | None) -> Kill | None:
+    """Run the workflow; SIGKILL it when ``kill_point`` names a job. ``None`` if it finished."""
+    process = start(workdir, "--rerun-incomplete")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            job = kill_point(workdir) if kill_point else None
+            if job:
+                files, logs = snapshot(workdir)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                # Should the killed job have finished its output in the moment before the kill,
+                # Snakemake rightly redoes it; only what other jobs finished must survive.
+                finished = {path: identity for path, identity in files.items() if not _written_by(job, path)}
+                return Kill(job, finished, logs)
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = _read(workdir / "snakemake.out")
+    assert process.returncode == 0, output[-5000:]
+    return None
+
+
+def unlock(workdir: Path) -> None:
+    """What a killed Snakemake leaves behind: a lock that the next run refuses to ignore."""
+    result = subprocess.run(snakemake_command(workdir, "--unlock"), cwd=workdir, capture_output=True, text=True)
+    assert result.returncode == 0 and "Unlocked working directory" in result.stdout + result.stderr, result.stderr
+
+
+KILL_POINTS = {"score_shard": mid_scoring, "train_defence": mid_training}
+
+
+def first_kill_point(pending: list[str]) -> Callable[[Path], str | None]:
+    def kill_point(workdir: Path) -> str | None:
+        return next(filter(None, (KILL_POINTS[rule](workdir) for rule in pending)), None)
+    return kill_point
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The interrupted workflow (one kill per kill point, then a complete run) and the uninterrupted one."""
+    raw = tmp_path_factory.mktemp("raw-fashion-mnist")
+    write_fashion_mnist_folder(raw, per_class=40)  # S_acc needs test indices up to 399
+    reference, interrupted = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("interrupted")
+    for workdir in (reference, interrupted):
+        (workdir / "override.yaml").write_text(yaml.safe_dump(interrupt_config(raw)))
+
+    reference_process = start(reference)
+    kills: list[Kill] = []
+    pending = list(KILL_POINTS)
+    while (kill := run_until(interrupted, first_kill_point(pending) if pending else None)) is not None:
+        kills.append(kill)
+        pending.remove(kill.job.split()[0])
+        unlock(interrupted)
+    assert reference_process.wait(timeout=RUN_TIMEOUT_S) == 0, _read(reference / "snakemake.out")[-5000:]
+    return {"reference": reference, "interrupted": interrupted, "kills": kills}
+
+
+def test_both_kills_happened_and_the_rerun_completed(runs: dict) -> None:
+    assert sorted(kill.job.split()[0] for kill in runs["kills"]) == ["score_shard", "train_defence"]
+    assert (runs["interrupted"] / "results" / "summary.tsv").exists()
+
+
+@pytest.mark.parametrize("output", ["results/search/ranking.tsv", "results/search/selection.json",
+                                    "results/summary.tsv"])
+def test_results_equal_those_of_the_uninterrupted_run(runs: dict, output: str) -> None:
+    assert (runs["interrupted"] / output).read_bytes() == (runs["reference"] / output).read_bytes()
+
+
+def test_killed_training_produces_the_same_weights(runs: dict) -> None:
+    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("train_defence")]
+    model = f"results/train/{kill.job.split()[1]}/model.pt"
+    from ats.runtime.checkpoints import load_checkpoint
+
+    resumed = load_checkpoint(runs["interrupted"] / model)["state_dict"]
+    uninterrupted = load_checkpoint(runs["reference"] / model)["state_dict"]
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(resumed[name].equal(uninterrupted[name]) for name in resumed)
+
+
+def test_nothing_finished_before_a_kill_was_computed_again(runs: dict) -> None:
+    after = snapshot(runs["interrupted"])
+    for kill in runs["kills"]:
+        assert kill.finished_files, kill.job
+        changed = [path for path, identity in kill.finished_files.items() if after[0].get(path) != identity]
+        assert changed == [], f"rewritten after the kill in {kill.job}: {changed}"
+        # Logs of finished jobs are untouched (logs are appended to, so a rerun would show).
+        finished_logs = {path: text for path, text in kill.logs.items() if _job_of_log(path) != kill.job}
+        assert {path: after[1][path] for path in finished_logs} == finished_logs
+
+
+def _job_of_log(log_path: str) -> str:
+    """``results/logs/score_shard/0001.log`` -> ``score_shard 0001``."""
+    parts = Path(log_path).with_suffix("").parts[2:]
+    return " ".join(parts)
+
+
+def test_the_killed_shard_was_scored_once_and_the_finished_ones_not_again(runs: dict) -> None:
+    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("score_shard")]
+    shard = kill.job.split()[1]
+    finished = sorted(re.findall(r"shard-(\d{4})\.h5", " ".join(kill.finished_files)))
+    assert finished and shard not in finished
+    logs = runs["interrupted"] / "results/logs/score_shard"
+    for name in [*finished, shard]:
+        assert _read(logs / f"{name}.log").count("scored 2 policies") == 1, name
+    with h5py.File(runs["interrupted"] / f"results/search/scores/shard-{shard}.h5") as handle:
+        assert len(handle["policies"]) == 2
+
+
+def test_the_killed_training_resumed_from_its_first_unfinished_epoch(runs: dict) -> None:
+    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("train_defence")]
+    log = _read(runs["interrupted"] / f"results/logs/train_defence/{kill.job.split()[1]}.log")
+    assert f"resuming from epoch 1 of {EPOCHS}" in log
+    epochs_trained = [int(epoch) for epoch in re.findall(rf"epoch (\d+) \(last {EPOCHS - 1}\)", log)]
+    assert epochs_trained == list(range(1, EPOCHS))  # epoch 0 was done before the kill, and kept
+
+
+def test_a_changed_config_recomputes_exactly_what_depends_on_it(runs: dict, tmp_path: Path) -> None:
+    """Every rule carries the fingerprint of its settings as a param: Snakemake reruns on a change."""
+    workdir = runs["interrupted"]
+    changed = yaml.safe_load((workdir / "override.yaml").read_text())
+    changed["search"]["privacy"] = {"bins": 3}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    command = snakemake_command(workdir, "--dry-run")
+    command[command.index(str(workdir / "override.yaml"))] = str(tmp_path / "changed.yaml")
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
+    assert jobs["score_shard"] == "3" and "Params have changed since last execution" in result.stdout
+    assert not {"prepare_dataset", "pretrain_search_model", "train_defence"} & jobs.keys()
+
+
+def test_a_corrupted_cache_stops_the_job_that_reads_it(runs: dict, tmp_path: Path) -> None:
+    workdir = tmp_path / "corrupted"
+    shutil.copytree(runs["interrupted"], workdir, symlinks=True)
+    shard = workdir / "results/search/scores/shard-0000.h5"
+    mtime_ns = shard.stat().st_mtime_ns
+    with h5py.File(shard, "r") as handle:
+        offset = handle["policy/0/spri"].id.get_offset()
+    with shard.open("r+b") as handle:  # one flipped byte, mtime kept: Snakemake cannot tell
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(shard, ns=(mtime_ns, mtime_ns))
+    result = subprocess.run(snakemake_command(workdir, "--forcerun", "select_policies"), cwd=workdir,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "results/search/scores/shard-0000.h5: content checksum mismatch" in result.stdout + result.stderr
