@@ -2,11 +2,12 @@
 
 Every figure is a ratio measured in one run, on the same inputs, against a reference in
 :mod:`benchmarks.reference` that follows the original code's structure. Each benchmark times the
-library and the reference in alternating rounds (after one warm-up), so that load from other
+library and the reference in alternating rounds (after a warm-up), so that load from other
 processes on a shared machine hits both sides alike, and reports the median of the rounds.
 
-The table goes to stdout and everything (machine, device, versions, date, sizes, every round's
-time, targets and whether they are met) to ``results/benchmarks/bench.json``.
+The table goes to stdout and everything (machine, device, versions, date, load average, sizes,
+every round's wall and CPU time, targets and whether they are met) to
+``results/benchmarks/bench.json``.
 
 Usage::
 
@@ -26,7 +27,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -52,12 +53,13 @@ IMAGE_SHAPE = (3, 32, 32)
 # CIFAR-10 constants, which the original used for CIFAR-100 (spec §2.4).
 MEAN = (0.4914672374725342, 0.4822617471218109, 0.4467701315879822)
 STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
-# The README's example hybrid policy; a hybrid with each of the 13 transforms of the 50-op list
-# once (rotate, shearY, equalize / posterize, solarize, invert / color, brightness, sharpness /
-# autocontrast, contrast, translateX, translateY); and the paper scale of one policy's scoring (spec §3, §4).
+# The README's example hybrid policy, and a hybrid that uses each of the 13 transforms of the
+# 50-op list once (rotate, shearY, equalize / posterize, solarize, invert / color, brightness,
+# sharpness / autocontrast, contrast, translateX, translateY).
 BENCH_POLICY = "3-1-7+43-18-18"
 ALL_TRANSFORMS_POLICY = "2-6-9+11-37-0+12-13-14+8-1-21-7"
-AUGMENT_BATCH = 128
+AUGMENT_BATCH = 128  # the training batch size of the original recipe
+# The paper's scale of one policy's scoring (spec §3.1, §4.2) and of the search.
 PAPER_PRIVACY_IMAGES = 100 * 5
 PAPER_ACCURACY_RUNS = 10
 PAPER_ACCURACY_BATCH = 63  # distinct labels among 100 consecutive CIFAR-100 test images, on average
@@ -105,11 +107,11 @@ class Sizes:
     attack_archs: tuple[str, ...]
     attack_batch: int
     attack_iterations: int
+    attack_check_targets: int
     augment_images: int
     augment_workers: int
     policy_privacy_images: int
     policy_accuracy_runs: int
-    attack_check_targets: int
     attack_check_arch: str = "ResNet20"
     accuracy_batch: int = PAPER_ACCURACY_BATCH
 
@@ -117,17 +119,17 @@ class Sizes:
 SIZES: dict[str, Sizes] = {
     "cpu": Sizes(rounds=3, spri_images={"ResNet20": 8, "ResNet20-4": 4}, bins=20,
                  attack_archs=("ResNet20-4", "ResNet20"), attack_batch=32, attack_iterations=2,
-                 augment_images=2048, augment_workers=min(4, len(os.sched_getaffinity(0))),
-                 policy_privacy_images=5, policy_accuracy_runs=2, attack_check_targets=4),
+                 attack_check_targets=4, augment_images=2048,
+                 augment_workers=min(4, len(os.sched_getaffinity(0))),
+                 policy_privacy_images=5, policy_accuracy_runs=2),
     "cuda": Sizes(rounds=5, spri_images={"ResNet20": 64, "ResNet20-4": 32}, bins=20,
                   attack_archs=("ResNet20-4", "ResNet20"), attack_batch=64, attack_iterations=10,
-                  augment_images=20_000, augment_workers=4,
-                  policy_privacy_images=100, policy_accuracy_runs=10, attack_check_targets=8),
+                  attack_check_targets=8, augment_images=20_000, augment_workers=4,
+                  policy_privacy_images=100, policy_accuracy_runs=10),
     "quick": Sizes(rounds=1, spri_images={"ResNet20": 1, "ResNet20-4": 1}, bins=2,
                    attack_archs=("ResNet20",), attack_batch=2, attack_iterations=1,
-                   augment_images=16, augment_workers=0,
-                   policy_privacy_images=1, policy_accuracy_runs=1, attack_check_targets=2,
-                   accuracy_batch=4),
+                   attack_check_targets=2, augment_images=16, augment_workers=0,
+                   policy_privacy_images=1, policy_accuracy_runs=1, accuracy_batch=4),
 }
 
 
@@ -135,51 +137,74 @@ SIZES: dict[str, Sizes] = {
 # Timing
 
 
+@dataclass
+class Measurement:
+    """Per-round wall and process CPU seconds of each timed function, and its last result.
+
+    On a machine shared with other jobs the wall time of a round can jump several-fold; the CPU
+    time of this process is much steadier (it does not count time spent waiting for a core), so it
+    is recorded beside it. It does not count DataLoader worker processes.
+    """
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def seconds(self, name: str) -> float:
+        """Median wall seconds of ``name``."""
+        return float(statistics.median(self.wall[name]))
+
+    def cpu_seconds(self, name: str) -> float:
+        """Median process CPU seconds of ``name``."""
+        return float(statistics.median(self.cpu[name]))
+
+    def as_json(self) -> dict[str, dict[str, list[float]]]:
+        return {"seconds": self.wall, "cpu_seconds": self.cpu}
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _time_once(function: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    _synchronize(device)
-    start = time.perf_counter()
-    result = function()
-    _synchronize(device)
-    return time.perf_counter() - start, result
-
-
 def time_alternating(functions: dict[str, Callable[[], Any]], device: torch.device, rounds: int,
-                     warmups: dict[str, Callable[[], Any]] | None = None
-                     ) -> tuple[dict[str, list[float]], dict[str, Any]]:
+                     warmups: dict[str, Callable[[], Any]] | None = None) -> Measurement:
     """Warm every function up once, then time ``rounds`` rounds that call each function in turn.
 
     The warm-up (one call of ``warmups[name]``, a cheaper version of the same work, or else of the
     function itself) pays for one-off costs: allocator growth, oneDNN primitive creation, CUDA
     kernel loading and cuDNN autotuning. Alternating (rather than timing all rounds of one
     function, then the next) spreads load from other processes over both sides of a ratio.
-    Returns each function's times and last result.
     """
     for name, function in functions.items():
         (warmups or {}).get(name, function)()
-    results: dict[str, Any] = {}
-    times: dict[str, list[float]] = {name: [] for name in functions}
+    measurement = Measurement({name: [] for name in functions}, {name: [] for name in functions})
     for _ in range(rounds):
         for name, function in functions.items():
-            seconds, results[name] = _time_once(function, device)
-            times[name].append(seconds)
-    return times, results
-
-
-def _median(times: Sequence[float]) -> float:
-    return float(statistics.median(times))
+            _synchronize(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            measurement.results[name] = function()
+            _synchronize(device)
+            measurement.wall[name].append(time.perf_counter() - wall)
+            measurement.cpu[name].append(time.process_time() - cpu)
+    return measurement
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
 
 
+def _key(arch: str) -> str:
+    """``"ResNet20-4"`` → ``"resnet20_4"``, the spelling of architectures in JSON keys."""
+    return arch.lower().replace("-", "_")
+
+
 def _model(arch: str, device: torch.device, purpose: str) -> torch.nn.Module:
-    """A freshly initialised model in eval mode; weights seeded by ``(arch, purpose)``."""
+    """A freshly initialised model in eval mode; weights seeded by ``(arch, purpose)``.
+
+    Untrained weights cost exactly as much as trained ones, and the agreement checks only need
+    both sides to see the same model.
+    """
     torch.manual_seed(derive_seed(SEED, "bench", purpose, arch))
     return build_model(arch, NUM_CLASSES, IMAGE_SHAPE[0]).to(device).eval()
 
@@ -208,43 +233,42 @@ def bench_spri(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     library's own ``interpolation_path``): per-sample gradients cannot take less arithmetic.
     ``spri_floor_ratio`` and ``spri_max_abs_diff`` are the worst over the models.
     """
-    record: dict[str, Any] = {}
-    diffs = []
-    floor_ratios = []
+    record: dict[str, Any] = {"timings": {}}
     for arch, count in sizes.spri_images.items():
-        key = arch.lower().replace("-", "_")
+        key = _key(arch)
         model = _model(arch, device, "spri")
         images = _normalised_images(count, device, f"spri-{arch}")
         labels = _labels(count, device, f"spri-{arch}")
         noise = _normalised_images(count, device, f"spri-noise-{arch}")
         points = interpolation_path(images, noise, sizes.bins)
         point_labels = labels.repeat_interleave(sizes.bins + 1)
-        times, results = time_alternating({
+        path = sizes.bins + 1
+        measured = time_alternating({
             "library": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins),
             "reference": lambda: reference.privacy_scores(model, images, labels, noise, bins=sizes.bins),
             "floor": lambda: reference.batched_forward_backward(model, points, point_labels),
         }, device, sizes.rounds, warmups={
             "library": lambda: privacy_curves(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
             "reference": lambda: reference.privacy_scores(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
-            "floor": lambda: reference.batched_forward_backward(model, points[:sizes.bins + 1],
-                                                                point_labels[:sizes.bins + 1]),
+            "floor": lambda: reference.batched_forward_backward(model, points[:path], point_labels[:path]),
         })
-        library_scores, library_curves = (t.detach().double().cpu() for t in results["library"])
-        reference_scores, reference_curves = results["reference"]
-        score_diff = float((library_scores - reference_scores).abs().max())
-        curve_diff = float((library_curves - reference_curves).abs().max())
-        library_s, reference_s, floor_s = (_median(times[name]) for name in ("library", "reference", "floor"))
-        diffs.append(score_diff)
-        floor_ratios.append(library_s / floor_s)
-        record[f"spri_speedup_{key}"] = reference_s / library_s
-        record[f"spri_floor_ratio_{key}"] = library_s / floor_s
-        record[f"spri_max_abs_diff_{key}"] = score_diff
-        record[f"spri_curve_max_abs_diff_{key}"] = curve_diff
-        record[f"spri_seconds_per_image_{key}"] = library_s / count
-        record[f"spri_reference_seconds_per_image_{key}"] = reference_s / count
-        record.setdefault("timings", {})[f"spri_{key}"] = {"images": count, "bins": sizes.bins, "seconds": times}
-    record["spri_max_abs_diff"] = max(diffs)
-    record["spri_floor_ratio"] = max(floor_ratios)
+        library_scores, library_curves = (t.detach().double().cpu() for t in measured.results["library"])
+        reference_scores, reference_curves = measured.results["reference"]
+        library_s = measured.seconds("library")
+        record.update({
+            f"spri_speedup_{key}": measured.seconds("reference") / library_s,
+            f"spri_floor_ratio_{key}": library_s / measured.seconds("floor"),
+            f"spri_speedup_{key}_cpu_time": measured.cpu_seconds("reference") / measured.cpu_seconds("library"),
+            f"spri_floor_ratio_{key}_cpu_time": measured.cpu_seconds("library") / measured.cpu_seconds("floor"),
+            f"spri_max_abs_diff_{key}": float((library_scores - reference_scores).abs().max()),
+            f"spri_curve_max_abs_diff_{key}": float((library_curves - reference_curves).abs().max()),
+            f"spri_seconds_per_image_{key}": library_s / count,
+            f"spri_reference_seconds_per_image_{key}": measured.seconds("reference") / count,
+        })
+        record["timings"][f"spri_{key}"] = {"images": count, "bins": sizes.bins, **measured.as_json()}
+    keys = [_key(arch) for arch in sizes.spri_images]
+    record["spri_max_abs_diff"] = max(record[f"spri_max_abs_diff_{key}"] for key in keys)
+    record["spri_floor_ratio"] = max(record[f"spri_floor_ratio_{key}"] for key in keys)
     return record
 
 
@@ -296,29 +320,32 @@ def bench_attack(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     record: dict[str, Any] = {"timings": {}}
     iterations = sizes.attack_iterations
     for arch in sizes.attack_archs:
-        key = arch.lower().replace("-", "_")
+        key = _key(arch)
         targets = _normalised_images(sizes.attack_batch, device, f"attack-{arch}")
         labels = _labels(sizes.attack_batch, device, f"attack-{arch}")
         pair = _AttackPair(_model(arch, device, "attack"), targets, labels, arch)
-        times, results = time_alternating(
+        measured = time_alternating(
             {"library": lambda: pair.library(iterations), "reference": lambda: pair.reference(iterations)},
             device, sizes.rounds,
             warmups={"library": lambda: pair.library(1), "reference": lambda: pair.reference(1)})
-        float32_diff = (results["library"][0] - results["reference"][0]).abs()
-        record[f"attack_speedup_{key}"] = _median(times["reference"]) / _median(times["library"])
-        record[f"attack_float32_max_abs_diff_{key}"] = float(float32_diff.max())
-        record[f"attack_float32_pixels_differing_{key}"] = float((float32_diff > 1e-4).double().mean())
-        record[f"attack_seconds_per_attack_iteration_{key}"] = (
-            _median(times["library"]) / (sizes.attack_batch * iterations))
+        float32_diff = (measured.results["library"][0] - measured.results["reference"][0]).abs()
+        record.update({
+            f"attack_speedup_{key}": measured.seconds("reference") / measured.seconds("library"),
+            f"attack_speedup_{key}_cpu_time": measured.cpu_seconds("reference") / measured.cpu_seconds("library"),
+            f"attack_float32_max_abs_diff_{key}": float(float32_diff.max()),
+            f"attack_float32_pixels_differing_{key}": float((float32_diff > 1e-4).double().mean()),
+            f"attack_seconds_per_attack_iteration_{key}": (
+                measured.seconds("library") / (sizes.attack_batch * iterations)),
+        })
         record["timings"][f"attack_{key}"] = {"batch": sizes.attack_batch, "iterations": iterations,
-                                              "seconds": times}
+                                              **measured.as_json()}
 
     arch, checked = sizes.attack_check_arch, sizes.attack_check_targets
     exact = _AttackPair(_model(arch, device, "attack").double(),
                         _normalised_images(checked, device, f"attack-{arch}").double(),
                         _labels(checked, device, f"attack-{arch}"), arch)
     (images, costs), (reference_images, reference_costs) = exact.library(iterations), exact.reference(iterations)
-    headline = sizes.attack_archs[0].lower().replace("-", "_")
+    headline = _key(sizes.attack_archs[0])
     record.update({
         "attack_speedup": record[f"attack_speedup_{headline}"],
         "attack_speedup_arch": sizes.attack_archs[0],
@@ -338,11 +365,12 @@ def _random_uint8_images(count: int) -> np.ndarray:
 
 
 def _augment_one_policy(policy_text: str, pixels: np.ndarray, sizes: Sizes,
-                        device: torch.device) -> tuple[dict[str, list[float]], float]:
+                        device: torch.device) -> tuple[Measurement, float]:
     """Times of the batched pipeline and of the PIL DataLoader on ``pixels``, and their max abs diff.
 
-    The library side draws its augmentations batch by batch from a freshly seeded generator, as a
-    training loop would; the reference replays the very same draws, so the outputs must agree.
+    The library side draws its augmentations batch by batch from a freshly seeded generator and
+    uploads the uint8 batch itself, as a training loop would; the reference replays the very same
+    draws, so the outputs must agree.
     """
     policy = parse_policy(policy_text)
     preprocessor = Preprocessor(IMAGE_SHAPE[0], MEAN, STD, device)
@@ -353,8 +381,7 @@ def _augment_one_policy(policy_text: str, pixels: np.ndarray, sizes: Sizes,
         outputs = []
         for start in starts:
             batch = pixels[start:start + AUGMENT_BATCH]
-            draw = sample_draw(policy, len(batch), generator)
-            outputs.append(preprocessor(batch, "policy", policy, draw))
+            outputs.append(preprocessor(batch, "policy", policy, sample_draw(policy, len(batch), generator)))
         return outputs
 
     replay = torch_generator(SEED, "bench", "augment", policy_text)
@@ -367,9 +394,10 @@ def _augment_one_policy(policy_text: str, pixels: np.ndarray, sizes: Sizes,
     def per_image() -> list[torch.Tensor]:
         return [batch.to(device) for batch in loader]
 
-    times, results = time_alternating({"library": batched, "reference": per_image}, device, sizes.rounds)
-    diff = max(float((ours - theirs).abs().max()) for ours, theirs in zip(results["library"], results["reference"]))
-    return times, diff
+    measured = time_alternating({"library": batched, "reference": per_image}, device, sizes.rounds)
+    diff = max(float((ours - theirs).abs().max())
+               for ours, theirs in zip(measured.results["library"], measured.results["reference"]))
+    return measured, diff
 
 
 def bench_augment(sizes: Sizes, device: torch.device) -> dict[str, Any]:
@@ -380,15 +408,16 @@ def bench_augment(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """
     pixels = _random_uint8_images(sizes.augment_images)
     record: dict[str, Any] = {"timings": {}}
-    for name, policy_text in (("", BENCH_POLICY), ("_all_transforms", ALL_TRANSFORMS_POLICY)):
-        times, diff = _augment_one_policy(policy_text, pixels, sizes, device)
-        library_s, reference_s = _median(times["library"]), _median(times["reference"])
-        record[f"augment_speedup{name}"] = reference_s / library_s
-        record[f"augment_max_abs_diff{name}"] = diff
-        record[f"augment_images_per_second{name}"] = sizes.augment_images / library_s
-        record[f"augment_reference_images_per_second{name}"] = sizes.augment_images / reference_s
-        record["timings"][f"augment{name}"] = {"images": sizes.augment_images, "policy": policy_text,
-                                                "reference_workers": sizes.augment_workers, "seconds": times}
+    for suffix, policy_text in (("", BENCH_POLICY), ("_all_transforms", ALL_TRANSFORMS_POLICY)):
+        measured, diff = _augment_one_policy(policy_text, pixels, sizes, device)
+        record.update({
+            f"augment_speedup{suffix}": measured.seconds("reference") / measured.seconds("library"),
+            f"augment_max_abs_diff{suffix}": diff,
+            f"augment_images_per_second{suffix}": sizes.augment_images / measured.seconds("library"),
+            f"augment_reference_images_per_second{suffix}": sizes.augment_images / measured.seconds("reference"),
+        })
+        record["timings"][f"augment{suffix}"] = {"images": sizes.augment_images, "policy": policy_text,
+                                                  "reference_workers": sizes.augment_workers, **measured.as_json()}
     return record
 
 
@@ -399,33 +428,30 @@ def bench_policy(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     about 63 images on the untrained model (spec §3, §4). Both are timed here (after a warm-up) on
     ``policy_privacy_images`` images and ``policy_accuracy_runs`` runs, then scaled linearly.
     """
-    arch = "ResNet20-4"
-    model = _model(arch, device, "policy")
+    model = _model("ResNet20-4", device, "policy")
     count = sizes.policy_privacy_images
     images = _normalised_images(count, device, "policy")
     labels = _labels(count, device, "policy")
     noise = _normalised_images(count, device, "policy-noise")
     accuracy_images = _normalised_images(sizes.accuracy_batch, device, "policy-accuracy")
 
-    privacy_times, _ = time_alternating(
-        {"privacy": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins)}, device, 1)
-    accuracy_times, _ = time_alternating(
+    privacy = time_alternating(
+        {"privacy": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins)}, device, 1,
+        warmups={"privacy": lambda: privacy_curves(model, images[:1], labels[:1], noise[:1], bins=sizes.bins)})
+    accuracy = time_alternating(
         {"accuracy": lambda: accuracy_score(model, accuracy_images)}, device, sizes.policy_accuracy_runs)
-    privacy_per_image = privacy_times["privacy"][0] / count
-    accuracy_per_run = _median(accuracy_times["accuracy"])
-    seconds = PAPER_PRIVACY_IMAGES * privacy_per_image + PAPER_ACCURACY_RUNS * accuracy_per_run
+    seconds = (PAPER_PRIVACY_IMAGES * privacy.seconds("privacy") / count
+               + PAPER_ACCURACY_RUNS * accuracy.seconds("accuracy"))
     return {
         "policy_seconds_resnet20_4": seconds,
         "policy_seconds_resnet20_4_method": (
             f"extrapolated: S_pri timed on {count} of {PAPER_PRIVACY_IMAGES} images (bins {sizes.bins}, "
             f"library default chunking) and scaled x{PAPER_PRIVACY_IMAGES / count:g}; S_acc timed as the "
             f"median of {sizes.policy_accuracy_runs} run(s) of {sizes.accuracy_batch} images and scaled to "
-            f"{PAPER_ACCURACY_RUNS} runs; model ResNet20-4 with 100 classes, untrained weights (same "
-            f"cost as trained); augmentation not included"),
+            f"{PAPER_ACCURACY_RUNS} runs; ResNet20-4, 100 classes; augmentation not included"),
         "search_1600_policies_hours": seconds * PAPER_SEARCH_POLICIES / 3600,
-        "timings": {"policy": {"privacy_images": count, "privacy_seconds": privacy_times["privacy"],
-                               "accuracy_images": sizes.accuracy_batch,
-                               "accuracy_seconds": accuracy_times["accuracy"]}},
+        "timings": {"policy_privacy": {"images": count, **privacy.as_json()},
+                    "policy_accuracy": {"images": sizes.accuracy_batch, **accuracy.as_json()}},
     }
 
 
@@ -438,31 +464,30 @@ RUNNERS: dict[str, Callable[[Sizes, torch.device], dict[str, Any]]] = {
 # Report
 
 
-def _cpu_model() -> str:
-    try:
+def _cpu_info() -> tuple[str, list[str]]:
+    """The CPU model name and its vector extensions (AVX2, AVX-512, AMX decide CPU conv speed)."""
+    model, flags = platform.processor() or "unknown", []
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _memory_gib() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = sorted(flag for flag in line.split(":", 1)[1].split()
+                               if flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"))
+                break
+    return model, flags
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on; the load average flags a machine shared with other work."""
+    cpu_model, cpu_flags = _cpu_info()
     description: dict[str, Any] = {
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model,
+        "cpu_flags": cpu_flags,
         "cpu_cores_usable": len(os.sched_getaffinity(0)),
-        "memory_gib": _memory_gib(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -470,7 +495,7 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         description["gpu"] = properties.name
-        description["gpu_memory_gib"] = properties.total_memory / 2**30
+        description["gpu_memory_gib"] = round(properties.total_memory / 2**30, 1)
     return description
 
 
@@ -478,24 +503,24 @@ def evaluate_targets(record: dict[str, Any], device_kind: str) -> dict[str, dict
     """Each target of the issue that this run measured: the bound, the value and whether it is met."""
     checks = {}
     for key, comparison, bound in TARGETS[device_kind]:
-        if key not in record:
-            continue
-        value = record[key]
-        met = value >= bound if comparison == ">=" else value <= bound
-        checks[key] = {"target": f"{comparison} {bound:g}", "value": value, "met": bool(met)}
+        if key in record:
+            value = record[key]
+            met = value >= bound if comparison == ">=" else value <= bound
+            checks[key] = {"target": f"{comparison} {bound:g}", "value": value, "met": bool(met)}
     return checks
 
 
 def format_table(record: dict[str, Any]) -> str:
-    """The headline numbers and their targets as an aligned text table."""
-    rows = [("key", "value", "target", "met")]
+    """Every numeric result with its target, if it has one, as an aligned text table."""
     targets = record.get("targets", {})
-    shown = [key for key in sorted(record) if isinstance(record[key], (int, float)) and not isinstance(record[key], bool)]
-    for key in shown:
+    rows = [("key", "value", "target", "met")]
+    for key in sorted(record):
         value = record[key]
-        text = f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.3f}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
         target = targets.get(key)
-        rows.append((key, text, target["target"] if target else "", ("yes" if target["met"] else "NO") if target else ""))
+        rows.append((key, f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.3f}",
+                     target["target"] if target else "", ("yes" if target["met"] else "NO") if target else ""))
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
@@ -552,15 +577,16 @@ def _run(arguments: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "load_average_start": os.getloadavg(),
         "timings": {},
     }
-    for name in BENCHMARKS:
-        if name not in arguments.only:
-            continue
-        started = time.perf_counter()
+    started = time.perf_counter()
+    for name in record["benchmarks"]:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        benchmark_started = time.perf_counter()
         results = RUNNERS[name](sizes, device)
-        record["timings"].update(results.pop("timings", {}))
+        record["timings"].update(results.pop("timings"))
+        record["timings"][f"{name}_wall_seconds"] = time.perf_counter() - benchmark_started
         record.update(results)
-        record["timings"][f"{name}_wall_seconds"] = time.perf_counter() - started
+        print(f"[bench] {name} done, load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    record["timings"]["total_wall_seconds"] = time.perf_counter() - started
     record["load_average_end"] = os.getloadavg()
     record["targets"] = evaluate_targets(record, device.type)
     write_json(arguments.output, record)

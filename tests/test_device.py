@@ -83,7 +83,7 @@ def fake_cuda(monkeypatch, device_count: int) -> list[int]:
     return current_devices
 
 
-# --- lease_gpu_slot: the pure core -----------------------------------------------------------------
+# --- lease_gpu_slot: the pure core ----------------------------------------------------------------
 
 
 def test_two_leases_get_different_slots_and_a_third_times_out(tmp_path, leases):

@@ -38,6 +38,7 @@ def attack_defence(
     *,
     dataset_h5: str | os.PathLike,
     checkpoint: str | os.PathLike,
+    model_fingerprint: str | None,
     arch: str,
     defence: str,
     attack: str,
@@ -54,7 +55,11 @@ def attack_defence(
     out_h5: str | os.PathLike,
     fingerprint: str,
 ) -> None:
-    """Attack test images ``first_target … first_target + num_targets − 1`` of one trained defence."""
+    """Attack test images ``first_target … first_target + num_targets − 1`` of one trained defence.
+
+    ``model_fingerprint`` is the configuration fingerprint the checkpoint must carry, so that a model
+    trained under another configuration is refused rather than attacked.
+    """
     spec = parse_defence(defence)
     data = load_dataset(dataset_h5)
     last = first_target + num_targets
@@ -65,7 +70,8 @@ def attack_defence(
         )
     seed_everything(seed)
     torch_device = resolve_device(device)
-    model = load_model(checkpoint, arch, data.spec.num_classes, data.spec.channels).to(torch_device)
+    model = load_model(checkpoint, arch, data.spec.num_classes, data.spec.channels,
+                       expected_fingerprint=model_fingerprint).to(torch_device)
     mean, std = normalisation_constants(data.spec.name, normalisation)
 
     indices = np.arange(first_target, last)

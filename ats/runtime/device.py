@@ -251,20 +251,17 @@ def describe_runtime(device: "torch.device | str | None" = None) -> dict[str, An
     torch-free jobs can log this without paying seconds for the import.
     """
     torch = sys.modules.get("torch")
-    info: dict[str, Any] = {
+    return {
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID"),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch": torch.__version__ if torch is not None else _installed_version("torch"),
         "device": None if device is None else str(device),
-        "device_name": None,
+        "device_name": None if device is None else _device_name(str(device)),
         "cpus": len(os.sched_getaffinity(0)),
         "threads": torch.get_num_threads() if torch is not None else None,
     }
-    if device is not None:
-        info["device_name"] = _device_name(str(device))
-    return info
 
 
 def _installed_version(distribution: str) -> str | None:

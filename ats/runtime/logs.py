@@ -14,6 +14,8 @@ from typing import Iterable, Iterator, TextIO, TypeVar
 
 from tqdm import tqdm
 
+from ats.runtime.device import log_runtime
+
 T = TypeVar("T")
 
 _progress_stream: TextIO = sys.stderr
@@ -30,6 +32,7 @@ def configure(log_path: str | os.PathLike | None = None, level: int = logging.IN
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)
+    log_runtime()  # host, SLURM_JOB_ID, CUDA_VISIBLE_DEVICES and threads in every job's log
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:

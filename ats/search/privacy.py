@@ -47,10 +47,10 @@ GradientMethod = Literal["auto", "layerwise", "vmap"]
 GRADIENT_METHODS: tuple[str, ...] = ("auto", "layerwise", "vmap")
 
 # Memory per chunk that default_chunk_size aims for; a CUDA OOM halves the chunk (scoring.py).
-_CHUNK_MEMORY_BUDGET_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
+_CHUNK_MEMORY_BUDGET_BYTES = {"cpu": 3 << 29, "cuda": 8 << 30}
 _MAX_DEFAULT_CHUNK_POINTS = {"cpu": 256, "cuda": 4096}
 _MIN_GROUPED_CHANNELS = 8  # input channels below which a conv's per-sample gradient uses im2col + bmm
-_GRAM_BLOCK = 1 << 14  # columns per float32 block of _materialised_stats (≈5e-6 relative error)
+_GRAM_BLOCK = 1 << 14  # columns per block of _materialised_stats (≈5e-6 relative error)
 
 
 def uniform_noise(
@@ -103,18 +103,35 @@ def require_eval_mode(model: nn.Module, purpose: str) -> None:
                          f"in training mode: {', '.join(training[:5])}")
 
 
-def default_chunk_size(model: nn.Module, device: torch.device | str) -> int:
-    """Interpolation points per pass for a fixed memory budget, from the model's parameter count.
+def default_chunk_size(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Interpolation points per pass that fit a memory budget on the model's device (1.5 GiB on CPU,
+    8 GiB on CUDA).
 
-    Per point a pass holds roughly the model's activations plus one layer's per-sample gradient
-    (layerwise) or all of them (vmap); both scale with the parameter count for the CIFAR networks
-    used here, so the budget is divided by four parameter copies.
+    A point costs about 1.25× the model's activations (measured from one forward pass of a zero
+    input of ``input_shape`` (C, H, W)), plus two copies of the parameters when the ``vmap``
+    engine materialises every per-sample gradient. Larger passes amortise per-operation overhead,
+    which dominates on small CPU chunks; the cap keeps CPU passes below ~10 s.
     """
-    kind = torch.device(device).type
-    kind = kind if kind in _CHUNK_MEMORY_BUDGET_BYTES else "cpu"
-    bytes_per_point = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
-    points = _CHUNK_MEMORY_BUDGET_BYTES[kind] // max(bytes_per_point, 1)
-    return int(min(max(points, 1), _MAX_DEFAULT_CHUNK_POINTS[kind]))
+    parameter = next(model.parameters())
+    kind = "cuda" if parameter.device.type == "cuda" else "cpu"
+    activation_bytes = [0]
+
+    def count(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        activation_bytes[0] += output.numel() * output.element_size()
+
+    leaves = [module for module in model.modules() if not any(True for _ in module.children())]
+    handles = [module.register_forward_hook(count) for module in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), dtype=parameter.dtype, device=parameter.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    bytes_per_point = 1.25 * activation_bytes[0]
+    if _unsupported_parameters(model):
+        bytes_per_point += 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+    points = int(_CHUNK_MEMORY_BUDGET_BYTES[kind] // max(bytes_per_point, 1))
+    return min(max(points, 1), _MAX_DEFAULT_CHUNK_POINTS[kind])
 
 
 def privacy_curves(
@@ -139,12 +156,11 @@ def privacy_curves(
     """
     _check_inputs(images, labels, noise, bins, chunk_size, method)
     require_eval_mode(model, "S_pri")
-    num_tensors = len(list(model.parameters()))
-    if num_tensors == 0:
+    if not any(True for _ in model.parameters()):
         raise ValueError("S_pri: the model has no parameters")
-    cosine_sums = _choose_engine(model, method)
+    gradient_stats = _choose_engine(model, method)
     points = bins + 1
-    chunk_points = chunk_size if chunk_size is not None else default_chunk_size(model, images.device)
+    chunk_points = chunk_size if chunk_size is not None else default_chunk_size(model, images.shape[1:])
     images_per_chunk = max(1, chunk_points // points)
     curves = images.new_empty(len(images), points)
     with torch.enable_grad():
@@ -152,7 +168,7 @@ def privacy_curves(
             stop = min(start + images_per_chunk, len(images))
             inputs = interpolation_path(images[start:stop], noise[start:stop], bins)
             targets = labels[start:stop].repeat_interleave(points)
-            curves[start:stop] = (cosine_sums(model, inputs, targets, points) / num_tensors).to(curves.dtype)
+            curves[start:stop] = _mean_cosine(gradient_stats(model, inputs, targets, points)).to(curves.dtype)
     return trapezoid_mean(curves), curves
 
 
@@ -175,17 +191,19 @@ def _check_inputs(
         raise ValueError(f"S_pri: method must be one of {', '.join(GRADIENT_METHODS)}, got {method!r}")
 
 
-CosineSums = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+# Per parameter tensor, (dot product with the reference, squared norm) of every sample: (B, points) each.
+GradientStats = list[tuple[Tensor, Tensor]]
+Engine = Callable[[nn.Module, Tensor, Tensor, int], GradientStats]
 
 
-def _choose_engine(model: nn.Module, method: str) -> CosineSums:
+def _choose_engine(model: nn.Module, method: str) -> Engine:
     unsupported = _unsupported_parameters(model)
     if method == "vmap" or (method == "auto" and unsupported):
-        return _vmap_cosine_sums
+        return _vmap_gradient_stats
     if unsupported:
         raise ValueError(f"S_pri method 'layerwise' cannot handle parameters {', '.join(unsupported[:5])} "
                          f"(it supports Conv2d without groups, Linear and eval-mode BatchNorm); use 'vmap'")
-    return _layerwise_cosine_sums
+    return _layerwise_gradient_stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,22 +217,33 @@ def _cosine(dot: Tensor, norm_sq: Tensor) -> Tensor:
     a (rounding-)negative squared norm from a Gram matrix is harmless.
     """
     inverse_norm = norm_sq.clamp_min(COSINE_EPS**2).rsqrt()
-    return dot * inverse_norm * inverse_norm[:, -1:]
+    return dot * inverse_norm * inverse_norm[..., -1:]
+
+
+def _mean_cosine(stats: GradientStats) -> Tensor:
+    """The unweighted mean over parameter tensors of the cosine with the reference, (B, points).
+
+    All tensors at once, in float64: a few operations instead of a few per tensor, which matters on
+    a busy CPU where every parallel operation waits for its threads.
+    """
+    dots = torch.stack([dot for dot, _ in stats]).double()
+    norms_sq = torch.stack([norm_sq for _, norm_sq in stats]).double()
+    return _cosine(dots, norms_sq).mean(dim=0)
 
 
 def _materialised_stats(per_sample: Tensor, points: int) -> tuple[Tensor, Tensor]:
     """Dot products with the reference and squared norms of per-sample gradients (M, ...).
 
-    Both come from each image's points × points Gram matrix, one batched matrix product that is
-    far faster than elementwise passes over the gradients. The product runs over blocks of
-    :data:`_GRAM_BLOCK` columns summed in float64, because float32 dot products over the ~10⁵–10⁶
-    entries of a large layer would lose ~1e-4 of relative precision. As the reference's dot with
-    itself is its squared norm, the last point's cosine is 1 up to rounding.
+    Both come from each image's points × points Gram matrix: one batched matrix product, far
+    faster than elementwise passes over the gradients. It runs over blocks of :data:`_GRAM_BLOCK`
+    columns, because a single float32 product over the ~10⁵–10⁶ entries of a large layer loses
+    ~1e-4 of relative precision. As the reference's dot with itself is its squared norm, the last
+    point's cosine is 1 up to rounding.
     """
     blocks = per_sample.reshape(-1, points, per_sample[0].numel()).split(_GRAM_BLOCK, dim=-1)
-    gram = torch.bmm(blocks[0], blocks[0].transpose(1, 2)).double()
+    gram = torch.bmm(blocks[0], blocks[0].transpose(1, 2))
     for block in blocks[1:]:
-        gram += torch.bmm(block, block.transpose(1, 2))
+        gram = torch.baddbmm(gram, block, block.transpose(1, 2))
     return gram[:, :, -1], torch.diagonal(gram, dim1=1, dim2=2)
 
 
@@ -319,23 +348,23 @@ def _layer_stats(module: nn.Module, layer_input: Tensor, output_grad: Tensor, po
         if module.weight is not None:
             # Σ go·(x − μ)/σ = (Σ go·x − μ·Σ go)/σ: two passes over the activations instead of five;
             # einsum runs the short (H·W-term) dot products as one batched matrix product.
-            weight_grad = (torch.einsum("mct,mct->mc", grad_rows, layer_input.reshape(grad_rows.shape))
-                           - module.running_mean * bias_grad) * torch.rsqrt(module.running_var + module.eps)
+            input_dot_grad = torch.einsum("mct,mct->mc", grad_rows, layer_input.reshape(grad_rows.shape))
+            weight_grad = torch.addcmul(input_dot_grad, module.running_mean, bias_grad, value=-1) * torch.rsqrt(
+                module.running_var + module.eps)
             yield _materialised_stats(weight_grad, points)
         if module.bias is not None:
             yield _materialised_stats(bias_grad, points)
 
 
-def _layerwise_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, points: int) -> Tensor:
-    """Σ over parameter tensors of the per-sample cosine with the reference, (B, points).
+def _layerwise_gradient_stats(model: nn.Module, inputs: Tensor, labels: Tensor, points: int) -> GradientStats:
+    """Per-sample dot products with the reference and squared norms, for every parameter tensor.
 
     Forward hooks keep each layer's input and hook its output's gradient; the backward pass asks
     autograd for the input gradient only, so the batched weight gradients are never computed.
     """
     layers = [module for module in model.modules() if any(True for _ in module.parameters(recurse=False))]
     expected_tensors = sum(len(list(module.parameters(recurse=False))) for module in layers)
-    cosine_sum = inputs.new_zeros(len(inputs) // points, points, dtype=torch.float64)
-    tensors_done = [0]
+    stats: GradientStats = []
     calls: Counter[nn.Module] = Counter()
 
     def on_forward(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -349,9 +378,7 @@ def _layerwise_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, poi
             if layer_input._version != version:
                 raise RuntimeError(f"S_pri layerwise: the input of {type(module).__name__} was modified "
                                    f"in place after the layer ran; use method='vmap'")
-            for dot, norm_sq in _layer_stats(module, layer_input, output_grad, points):
-                cosine_sum.add_(_cosine(dot, norm_sq))
-                tensors_done[0] += 1
+            stats.extend(_layer_stats(module, layer_input, output_grad, points))
 
         output.register_hook(on_output_grad)
 
@@ -363,18 +390,18 @@ def _layerwise_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, poi
     finally:
         for handle in handles:
             handle.remove()
-    if tensors_done[0] != expected_tensors:
-        raise RuntimeError(f"S_pri layerwise: gradients reached {tensors_done[0]} of {expected_tensors} "
+    if len(stats) != expected_tensors:
+        raise RuntimeError(f"S_pri layerwise: gradients reached {len(stats)} of {expected_tensors} "
                            f"parameter tensors (unused layers?); use method='vmap'")
-    return cosine_sum
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
 # Engine 2: torch.func
 
 
-def _vmap_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, points: int) -> Tensor:
-    """The same sums via ``vmap(grad(...))`` over samples; works for any module type."""
+def _vmap_gradient_stats(model: nn.Module, inputs: Tensor, labels: Tensor, points: int) -> GradientStats:
+    """The same statistics via ``vmap(grad(...))`` over samples; works for any module type."""
     parameters = {name: parameter.detach() for name, parameter in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
@@ -383,8 +410,5 @@ def _vmap_cosine_sums(model: nn.Module, inputs: Tensor, labels: Tensor, points: 
         return 0.5 * F.cross_entropy(logits, label.unsqueeze(0))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(parameters, inputs, labels)
-    cosine_sum = inputs.new_zeros(len(inputs) // points, points, dtype=torch.float64)
-    for gradient in per_sample.values():
-        cosine_sum.add_(_cosine(*_materialised_stats(gradient, points)))
-    return cosine_sum
+    return [_materialised_stats(gradient, points) for gradient in per_sample.values()]
 

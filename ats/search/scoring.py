@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -93,6 +93,46 @@ def _finite_or_nan(values: np.ndarray) -> np.ndarray:
     """``values`` as float64 with every ±Inf replaced by NaN, the one marker of a failed score."""
     values = np.asarray(values, dtype=np.float64)
     return np.where(np.isfinite(values), values, np.nan)
+
+
+def make_policy_scores(policy: str, spri: np.ndarray, curves: np.ndarray, labels: np.ndarray,
+                       sacc: np.ndarray) -> PolicyScores:
+    """A :class:`PolicyScores` from raw per-image S_pri, curves and per-run S_acc.
+
+    Non-finite values become NaN and set the status to ``nonfinite``; per-class means follow
+    ``labels`` (the S_pri images' labels).
+    """
+    spri, curves, sacc = _finite_or_nan(spri), _finite_or_nan(curves), _finite_or_nan(sacc)
+    classes, means = class_means(spri, labels)
+    finite = not (np.isnan(spri).any() or np.isnan(sacc).any())
+    return PolicyScores(policy=policy, status=STATUS_OK if finite else STATUS_NONFINITE, spri=spri, curves=curves,
+                        classes=classes, spri_class_means=means, sacc=sacc)
+
+
+def write_scores(
+    path: str | os.PathLike,
+    scores: Sequence[PolicyScores],
+    *,
+    privacy_indices: np.ndarray,
+    privacy_labels: np.ndarray,
+    run_sizes: Sequence[int],
+    attrs: Mapping[str, Any],
+    fingerprint: str,
+) -> None:
+    """Write a shard file (layout in the module docstring) atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "policies": np.array([entry.policy for entry in scores], dtype=object),
+        "status": np.array([entry.status for entry in scores], dtype=object),
+        "privacy/indices": np.asarray(privacy_indices, dtype=np.int64),
+        "privacy/labels": np.asarray(privacy_labels, dtype=np.int64),
+        "privacy/classes": np.unique(privacy_labels).astype(np.int64),
+        "accuracy/run_sizes": np.asarray(run_sizes, dtype=np.int64),
+    }
+    for position, entry in enumerate(scores):
+        arrays.update({f"policy/{position}/spri": entry.spri, f"policy/{position}/curves": entry.curves,
+                       f"policy/{position}/spri_class_means": entry.spri_class_means,
+                       f"policy/{position}/sacc": entry.sacc})
+    write_h5(path, arrays, attrs, fingerprint=fingerprint)
 
 
 def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
@@ -203,12 +243,11 @@ def score_shard(
     labels = torch.as_tensor(eval_set.privacy_labels, dtype=torch.int64, device=torch_device)
     runs = eval_set.accuracy_batches()
     accuracy_keys = [(int(run), int(index)) for run, index in zip(eval_set.accuracy_run, eval_set.accuracy_indices)]
-    chunk = chunk_size or default_chunk_size(trained, torch_device)
+    chunk = chunk_size or default_chunk_size(trained, (spec.channels, OUTPUT_SIZE, OUTPUT_SIZE))
 
-    arrays: dict[str, np.ndarray] = {}
-    statuses: list[str] = []
+    scores: list[PolicyScores] = []
     seconds: list[float] = []
-    for position, policy in enumerate(progress(policies, desc="scoring policies", total=len(policies))):
+    for policy in progress(policies, desc="scoring policies", total=len(policies)):
         started = time.perf_counter()
         privacy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "spri", policy, index) for index in test_indices],
                                        image_size=image_size)
@@ -221,30 +260,18 @@ def score_shard(
         accuracy_inputs = preprocessor(eval_set.accuracy_images, "policy", parsed[policy], accuracy_draw)
         jacobians, chunk = _halve_on_cuda_oom(
             lambda size: input_jacobians(untrained, accuracy_inputs, size), chunk, 1, f"S_acc of {policy!r}")
-        sacc = np.array([score_from_jacobian(jacobians[torch.as_tensor(batch, device=torch_device)]) for batch in runs])
-
-        group = f"policy/{position}"
-        arrays[f"{group}/spri"] = _finite_or_nan(spri.double().cpu().numpy())
-        arrays[f"{group}/curves"] = _finite_or_nan(curves.double().cpu().numpy())
-        classes, arrays[f"{group}/spri_class_means"] = class_means(arrays[f"{group}/spri"], eval_set.privacy_labels)
-        arrays[f"{group}/sacc"] = _finite_or_nan(sacc)
-        finite = not (np.isnan(arrays[f"{group}/spri"]).any() or np.isnan(arrays[f"{group}/sacc"]).any())
-        statuses.append(STATUS_OK if finite else STATUS_NONFINITE)
+        sacc = [score_from_jacobian(jacobians[torch.as_tensor(batch, device=torch_device)]) for batch in runs]
+        entry = make_policy_scores(policy, spri.double().cpu().numpy(), curves.double().cpu().numpy(),
+                                   eval_set.privacy_labels, np.array(sacc))
+        scores.append(entry)
         seconds.append(time.perf_counter() - started)
-        if not finite:
-            _log.warning("policy %r: non-finite scores stored as NaN (status %s)", policy, STATUS_NONFINITE)
-        _log.info("policy %r: S_pri %.5f, S_acc %.3f (%.1f s)", policy, float(np.mean(arrays[f"{group}/spri"])),
-                  float(np.mean(arrays[f"{group}/sacc"])), seconds[-1])
+        if entry.status != STATUS_OK:
+            _log.warning("policy %r: non-finite scores stored as NaN (status %s)", policy, entry.status)
+        _log.info("policy %r: S_pri %.5f, S_acc %.3f (%.1f s)", policy, entry.spri_mean, entry.sacc_mean,
+                  seconds[-1])
 
-    arrays.update({
-        "policies": np.array(list(policies), dtype=object),
-        "status": np.array(statuses, dtype=object),
-        "privacy/indices": eval_set.privacy_indices,
-        "privacy/labels": eval_set.privacy_labels,
-        "privacy/classes": np.unique(eval_set.privacy_labels),
-        "accuracy/run_sizes": np.array([len(batch) for batch in runs], dtype=np.int64),
-    })
     attrs = {"arch": arch, "dataset": spec.name, "bins": bins, "seed": seed, "normalisation": normalisation,
              "device": str(torch_device), "chunk_size": chunk, "seconds": seconds}
-    write_h5(out_h5, arrays, attrs, fingerprint=fingerprint)
+    write_scores(out_h5, scores, privacy_indices=eval_set.privacy_indices, privacy_labels=eval_set.privacy_labels,
+                 run_sizes=[len(batch) for batch in runs], attrs=attrs, fingerprint=fingerprint)
     _log.info("scored %d policies in %.1f s into %s", len(policies), sum(seconds), out_h5)

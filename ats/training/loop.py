@@ -290,6 +290,7 @@ def train_stage(
     device: str,
     normalisation: str,
     eval_every: int = 10,
+    test_images: int | None = None,
     amp: bool = False,
     compile: bool = False,
     fingerprint: str,
@@ -299,7 +300,8 @@ def train_stage(
 
     ``fingerprint`` (of the configuration) is stored in the checkpoint for downstream readers. The
     test split is evaluated every ``eval_every`` epochs (epochs 0, 10, … as in the original) and
-    after the last one. ``amp`` (bf16 autocast) and ``compile`` (``torch.compile``) only take effect
+    after the last one, on its first ``test_images`` images (``None``: all of them; demos and tests
+    use fewer because evaluation dominates tiny runs). ``amp`` (bf16 autocast) and ``compile`` (``torch.compile``) only take effect
     on CUDA and are off by default to keep the original's fp32 numerics.
 
     ``state_path`` holds the resumable state between epochs; it is not a workflow output (Snakemake
@@ -308,9 +310,9 @@ def train_stage(
     use it; it also splits a long training over wall-clock-limited jobs). Returns the metrics, or
     ``None`` when stopped early.
     """
-    if epochs < 1 or batch_size < 1 or eval_every < 1:
-        raise ValueError(f"epochs ({epochs}), batch_size ({batch_size}) and eval_every ({eval_every}) "
-                         f"must be positive")
+    if epochs < 1 or batch_size < 1 or eval_every < 1 or (test_images is not None and test_images < 1):
+        raise ValueError(f"epochs ({epochs}), batch_size ({batch_size}), eval_every ({eval_every}) and "
+                         f"test_images ({test_images}) must be positive")
     defence_spec = parse_defence(defence)
     torch_device = resolve_device(device)
     acceleration = _Acceleration.for_device(torch_device, amp, compile)
@@ -324,8 +326,8 @@ def train_stage(
         defence=defence_spec,
         train_images=_images_on_device(data.train_images[subset], torch_device),
         train_labels=torch.from_numpy(data.train_labels[subset]).to(torch_device),
-        test_images=_images_on_device(data.test_images, torch_device),
-        test_labels=torch.from_numpy(data.test_labels).to(torch_device),
+        test_images=_images_on_device(data.test_images[:test_images], torch_device),
+        test_labels=torch.from_numpy(data.test_labels[:test_images]).to(torch_device),
         preprocess=Preprocessor(data.spec.channels, mean, std, torch_device),
         epochs=epochs,
         batch_size=batch_size,
@@ -336,7 +338,8 @@ def train_stage(
     run_fingerprint = fingerprint_of({
         "config": fingerprint, "dataset": data.spec.name, "arch": arch, "defence": defence,
         "epochs": epochs, "batch_size": batch_size, "train_fraction": float(train_fraction), "seed": seed,
-        "normalisation": normalisation, "eval_every": eval_every, "bf16_autocast": acceleration.bf16_autocast,
+        "normalisation": normalisation, "eval_every": eval_every, "test_images": test_images,
+        "bf16_autocast": acceleration.bf16_autocast,
         "compile": acceleration.compile,
     })
     state_file = Path(state_path)

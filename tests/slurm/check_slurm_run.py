@@ -88,72 +88,81 @@ def logged_values(log_text: str, variable: str) -> set[str]:
     return {value.strip("'\"") for value in re.findall(rf"\b{variable}=(\S+)", log_text)}
 
 
-def slurm_job_record(slurm_job_id: str) -> str:
+def slurm_job_record(slurm_job_id: str) -> tuple[str, str]:
+    """Slurm's one-line record of a job (kept MinJobAge seconds after it ends), and any error."""
     result = subprocess.run(
         ["scontrol", "show", "job", "--oneliner", slurm_job_id],
-        capture_output=True, text=True, timeout=20, check=False,
+        capture_output=True, text=True, timeout=30, check=False,
     )
-    return result.stdout if result.returncode == 0 else ""
+    return (result.stdout, "") if result.returncode == 0 else ("", result.stderr.strip())
 
 
 def check_jobs(run_dir: Path, gpu_rules: set[str]) -> list[str]:
-    problems: list[str] = []
     snakemake_log = latest_snakemake_log(run_dir)
     remote_jobs = [job for job in parse_snakemake_log(snakemake_log) if not job.local]
     if not remote_jobs:
         return [f"{snakemake_log}: no job was sent to Slurm"]
-    ran_gpu_rules = set()
-    for job in remote_jobs:
-        if job.slurm_job_id is None:
-            problems.append(f"{job.name}: not submitted to Slurm (no 'SLURM jobid' line)")
-            continue
-        declares_gpu = job.gpus > 0
-        if declares_gpu != (job.rule in gpu_rules):
-            problems.append(
-                f"{job.name}: declares gpu={job.gpus}, but it is "
-                f"{'' if job.rule in gpu_rules else 'not '}listed as a GPU stage"
-            )
-        logs = job.paths("log")
-        if not logs:
-            problems.append(f"{job.name}: the rule has no log: file")
-        for log in logs:
-            log_path = run_dir / log
-            if not log_path.exists():
-                problems.append(f"{job.name}: log {log_path} is missing")
-                continue
-            text = log_path.read_text(errors="replace")
-            seen_ids = logged_values(text, "SLURM_JOB_ID")
-            if seen_ids != {job.slurm_job_id}:
-                problems.append(
-                    f"{job.name}: log {log} records SLURM_JOB_ID {sorted(seen_ids) or 'nowhere'}, "
-                    f"expected {job.slurm_job_id} (the job must log its runtime line)"
-                )
-            visible = logged_values(text, "CUDA_VISIBLE_DEVICES")
-            if declares_gpu and (not visible or visible & UNSET):
-                problems.append(
-                    f"{job.name}: GPU job saw no CUDA_VISIBLE_DEVICES (logged: {sorted(visible)})"
-                )
-            if not declares_gpu and visible - UNSET:
-                problems.append(f"{job.name}: CPU job saw CUDA_VISIBLE_DEVICES={sorted(visible)}")
-        record = slurm_job_record(job.slurm_job_id)
-        if not record:
-            problems.append(f"{job.name}: Slurm has no record of job {job.slurm_job_id}")
-        elif ("gres:gpu" in record or "gres/gpu" in record) != declares_gpu:
-            requested = re.findall(r"(?:TresPerJob|TresPerNode|TRES)=(\S+)", record)
-            problems.append(
-                f"{job.name}: Slurm job {job.slurm_job_id} requested {requested}, "
-                f"{'expected' if declares_gpu else 'unexpected'} a GPU"
-            )
-        if declares_gpu:
-            ran_gpu_rules.add(job.rule)
-        for benchmark in job.paths("benchmark"):
-            problems += check_benchmark(job, run_dir / benchmark)
-    for rule in sorted(gpu_rules - ran_gpu_rules):
-        problems.append(f"GPU stage {rule} did not run under Slurm in this run")
+    problems = [problem for job in remote_jobs for problem in check_job(job, run_dir, gpu_rules)]
+    ran_gpu_rules = {job.rule for job in remote_jobs if job.gpus > 0 and job.slurm_job_id}
+    problems += [
+        f"GPU stage {rule} did not run under Slurm" for rule in sorted(gpu_rules - ran_gpu_rules)
+    ]
     print(
         f"jobs: {len(remote_jobs)} Slurm jobs checked "
         f"({sum(job.gpus > 0 for job in remote_jobs)} with a GPU), log {snakemake_log}"
     )
+    return problems
+
+
+def check_job(job: Job, run_dir: Path, gpu_rules: set[str]) -> list[str]:
+    """One non-local job: submitted, logged inside that Slurm job, GPU exactly where declared."""
+    if job.slurm_job_id is None:
+        return [f"{job.name}: not submitted to Slurm (no 'SLURM jobid' line)"]
+    problems: list[str] = []
+    declares_gpu = job.gpus > 0
+    if declares_gpu != (job.rule in gpu_rules):
+        problems.append(
+            f"{job.name}: declares gpu={job.gpus}, but it is "
+            f"{'' if job.rule in gpu_rules else 'not '}listed as a GPU stage"
+        )
+    logs = job.paths("log")
+    if not logs:
+        problems.append(f"{job.name}: the rule has no log: file")
+    for log in logs:
+        problems += check_job_log(job, run_dir / log, declares_gpu)
+    record, error = slurm_job_record(job.slurm_job_id)
+    if error:
+        problems.append(f"{job.name}: scontrol show job {job.slurm_job_id}: {error}")
+    elif ("gres:gpu" in record or "gres/gpu" in record) != declares_gpu:
+        requested = re.findall(r"(?:TresPerJob|TresPerNode|TRES)=(\S+)", record)
+        problems.append(
+            f"{job.name}: Slurm job {job.slurm_job_id} requested {requested}, "
+            f"{'expected' if declares_gpu else 'unexpected'} a GPU"
+        )
+    for benchmark in job.paths("benchmark"):
+        problems += check_benchmark(job, run_dir / benchmark)
+    return problems
+
+
+def check_job_log(job: Job, log_path: Path, declares_gpu: bool) -> list[str]:
+    """The job's log was written inside its Slurm job, which had a GPU exactly if it asked."""
+    if not log_path.exists():
+        return [f"{job.name}: log {log_path} is missing"]
+    text = log_path.read_text(errors="replace")
+    problems: list[str] = []
+    seen_ids = logged_values(text, "SLURM_JOB_ID")
+    if seen_ids != {job.slurm_job_id}:
+        problems.append(
+            f"{job.name}: log {log_path} records SLURM_JOB_ID {sorted(seen_ids) or 'nowhere'}, "
+            f"expected {job.slurm_job_id} (the job must log its runtime line)"
+        )
+    visible = logged_values(text, "CUDA_VISIBLE_DEVICES")
+    if declares_gpu and (not visible or visible & UNSET):
+        problems.append(
+            f"{job.name}: GPU job saw no CUDA_VISIBLE_DEVICES (logged: {sorted(visible)})"
+        )
+    if not declares_gpu and visible - UNSET:
+        problems.append(f"{job.name}: CPU job saw CUDA_VISIBLE_DEVICES={sorted(visible)}")
     return problems
 
 
@@ -174,7 +183,7 @@ def check_benchmark(job: Job, path: Path) -> list[str]:
 
 # Wall-clock timings (``train_seconds``, a ``seconds`` column or attribute) differ between any two
 # runs; everything else a stage writes is a function of the config and must be identical.
-TIMING_NAME = re.compile(r"(^|_)seconds$")
+TIMING_NAME = re.compile(r"(^|[_/])seconds$")
 
 
 def result_files(results: Path, ignored: list[str]) -> set[str]:
@@ -227,7 +236,7 @@ def structural_differences(left: object, right: object, where: str = "") -> list
             return [f"{where}: {len(left)} against {len(right)} entries"]
         return [difference for index, (a, b) in enumerate(zip(left, right))
                 for difference in structural_differences(a, b, f"{where}[{index}]")]
-    if isinstance(left, np.ndarray) or hasattr(left, "numpy"):  # numpy arrays, torch tensors
+    if isinstance(left, (float, np.generic, np.ndarray)) or hasattr(left, "numpy"):  # and tensors
         same = arrays_equal(as_array(left), as_array(right))
     else:
         same = left == right

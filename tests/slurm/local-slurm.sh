@@ -8,7 +8,7 @@
 # by the PIDs in their pid files, never by name.
 #
 # Environment:
-#   LOCAL_SLURM_STATE      state, spool, logs, pid files and fake GPU devices (default /tmp/local-slurm)
+#   LOCAL_SLURM_STATE      state, spool, logs, pid files, fake GPU devices (default /tmp/local-slurm)
 #   LOCAL_SLURM_FAKE_GPUS  number of fake GPUs on the node, 0..5 (default 4)
 #   LOCAL_SLURM_CPUS       CPUs the node claims (default: the machine's, at least 8)
 #   LOCAL_SLURM_MEMORY_MB  memory the node claims (default: 80 % of the machine's, at least 128000)
@@ -41,15 +41,14 @@ install_packages() {
   command -v sbatch >/dev/null || missing+=(slurm-client)
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "local-slurm: installing ${missing[*]}"
-  timeout 300 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
+  timeout 120 apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 240 apt-get install -y -qq --no-install-recommends \
     slurm-wlm slurm-client munge >/dev/null
 }
 
 # Prints the slurm.conf for this host; gres.conf is written by write_config.
 render_slurm_conf() {
-  local host=$1 cpus mem gres_line="" gres_types=""
-  local machine_mem
+  local host=$1 cpus mem machine_mem gres_line="" gres_types=""
   machine_mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
   cpus=${LOCAL_SLURM_CPUS:-$(($(nproc) > 8 ? $(nproc) : 8))}
   mem=${LOCAL_SLURM_MEMORY_MB:-$((machine_mem > 128000 ? machine_mem : 128000))}
@@ -116,8 +115,8 @@ write_config() {
   write_owned_file "$SLURM_CONF_DIR/slurm.conf" "$(render_slurm_conf "$host")"
   if [ "$NGPU" -gt 0 ]; then
     write_owned_file "$SLURM_CONF_DIR/gres.conf" "$(render_gres_conf "$host")"
-  elif [ -e "$SLURM_CONF_DIR/gres.conf" ]; then
-    grep -qxF "$MARKER" "$SLURM_CONF_DIR/gres.conf" && rm -f "$SLURM_CONF_DIR/gres.conf"
+  elif [ -e "$SLURM_CONF_DIR/gres.conf" ] && grep -qxF "$MARKER" "$SLURM_CONF_DIR/gres.conf"; then
+    rm -f "$SLURM_CONF_DIR/gres.conf"
   fi
 }
 

@@ -61,7 +61,8 @@ unset CUDA_VISIBLE_DEVICES
 
 # Leave a local Slurm that ran before this test running (somebody's session); stop ours.
 stop_slurm=yes
-if [ -s "$SLURM_STATE/slurmctld.pid" ] && kill -0 "$(cat "$SLURM_STATE/slurmctld.pid")" 2>/dev/null; then
+if [ -s "$SLURM_STATE/slurmctld.pid" ] \
+  && kill -0 "$(cat "$SLURM_STATE/slurmctld.pid")" 2>/dev/null; then
   log "a local Slurm is already running; it will be left running"
   stop_slurm=no
 fi

@@ -21,6 +21,7 @@ rule attack_defence:
         seed=config["seed"],
         device=config["device"],
         normalisation=config["dataset"]["normalisation"],
+        model_fingerprint=get_train_fingerprint,
         fingerprint=get_attack_fingerprint,
     log:
         "results/logs/attack_defence/{defence}/{attack}.log",

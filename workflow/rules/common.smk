@@ -69,6 +69,7 @@ def get_pretrain_fingerprint():
             "arch": config["model"]["arch"],
             "seed": config["seed"],
             "pretrain": SEARCH["pretrain"],
+            "test_images": config["training"]["test_images"],
         }
     )
 
@@ -91,7 +92,7 @@ def get_shard_fingerprint(wildcards):
 
 def get_training_settings():
     """Training settings shared by every defence (the defence itself is a wildcard)."""
-    keys = ("epochs", "batch_size", "train_fraction", "eval_every", "amp", "compile")
+    keys = ("epochs", "batch_size", "train_fraction", "eval_every", "test_images", "amp", "compile")
     return {key: config["training"][key] for key in keys}
 
 

@@ -14,6 +14,8 @@ if SEARCH["pretrain"]["checkpoint"]:
             fingerprint=get_pretrain_fingerprint(),
         log:
             "results/logs/import_search_model.log",
+        benchmark:
+            "results/benchmarks/import_search_model.tsv"
         threads: 1
         resources:
             mem_mb=4000,
@@ -37,6 +39,7 @@ else:
             batch_size=128,
             train_fraction=SEARCH["pretrain"]["fraction"],
             eval_every=10,
+            test_images=config["training"]["test_images"],
             amp=False,
             compile=False,
             seed=config["seed"],
@@ -84,6 +87,8 @@ rule build_eval_set:
         fingerprint=get_eval_set_fingerprint(),
     log:
         "results/logs/build_eval_set.log",
+    benchmark:
+        "results/benchmarks/build_eval_set.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -116,7 +121,8 @@ rule score_shard:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=120,
+        # The original took 46-83 s per policy on a shared GPU; allow 2 min per policy.
+        runtime=max(30, 2 * SEARCH["shard_size"]),
     script:
         "../scripts/score_shard.py"
 

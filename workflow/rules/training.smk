@@ -16,6 +16,7 @@ rule train_defence:
         batch_size=config["training"]["batch_size"],
         train_fraction=config["training"]["train_fraction"],
         eval_every=config["training"]["eval_every"],
+        test_images=config["training"]["test_images"],
         amp=config["training"]["amp"],
         compile=config["training"]["compile"],
         seed=config["seed"],

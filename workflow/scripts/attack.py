@@ -10,6 +10,7 @@ params = snakemake.params
 attack_defence(
     dataset_h5=snakemake.input.dataset,
     checkpoint=snakemake.input.model,
+    model_fingerprint=params.model_fingerprint,
     arch=params.arch,
     defence=params.defence,
     attack=params.attack,

@@ -22,6 +22,7 @@ train_stage(
     device=params.device,
     normalisation=params.normalisation,
     eval_every=params.eval_every,
+    test_images=params.test_images,
     amp=params.amp,
     compile=params.compile,
     fingerprint=params.fingerprint,

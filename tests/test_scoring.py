@@ -1,0 +1,90 @@
+"""The shard-scoring stage end to end on a tiny Fashion-MNIST file and a ConvNet8 checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ats.case.models import build_model
+from ats.policies import PolicyError
+from ats.runtime.checkpoints import save_checkpoint
+from ats.runtime.hdf5 import CacheError, read_h5
+from ats.search.eval_set import build_eval_set
+from ats.search.scoring import read_scores, score_shard
+
+ARCH = "ConvNet8"
+BINS = 3
+RUNS = 2
+
+
+@pytest.fixture(scope="module")
+def search_inputs(tmp_path_factory):
+    """(dataset file, evaluation set, checkpoint, folder) shared by the tests of this module."""
+    from tests.conftest import write_fashion_mnist_folder
+    from ats.case.datasets import build_dataset_file
+
+    folder = tmp_path_factory.mktemp("scoring")
+    write_fashion_mnist_folder(folder, 3)
+    dataset = folder / "fashion-mnist.h5"
+    build_dataset_file("fashion-mnist", dataset, source_dir=str(folder), download=False)
+    eval_set = folder / "eval.h5"
+    build_eval_set(dataset, eval_set, mode="per_class", num_samples=1, runs=RUNS, start=0, window=12,
+                   fingerprint="eval")
+    torch.manual_seed(99)
+    checkpoint = folder / "model.pt"
+    save_checkpoint(checkpoint, build_model(ARCH, 10, 1).state_dict(), fingerprint="pretrain")
+    return dataset, eval_set, checkpoint, folder
+
+
+def _score(search_inputs, policies, name, checkpoint=None, **overrides):
+    dataset, eval_set, default_checkpoint, folder = search_inputs
+    out = folder / f"{name}.h5"
+    arguments = dict(dataset_h5=dataset, eval_set_h5=eval_set, search_checkpoint=checkpoint or default_checkpoint,
+                     arch=ARCH, policies=policies, out_h5=out, seed=7, device="cpu", normalisation="faithful",
+                     bins=BINS, chunk_size=None, fingerprint="shard")
+    score_shard(**{**arguments, **overrides})
+    return out
+
+
+def test_a_shard_stores_every_score_of_every_policy(search_inputs) -> None:
+    policies = ["", "3-1-7", "14-48-48+42-28-42"]
+    out = _score(search_inputs, policies, "three")
+    arrays, attrs = read_h5(out, expected_fingerprint="shard")
+    assert list(arrays["policies"]) == policies and list(arrays["status"]) == ["ok"] * 3
+    assert arrays["privacy/classes"].tolist() == list(range(10))
+    assert attrs["bins"] == BINS and attrs["arch"] == ARCH and len(attrs["seconds"]) == 3
+    scores = read_scores([out])
+    for entry in scores:
+        assert entry.spri.shape == (10,) and entry.curves.shape == (10, BINS + 1)
+        assert entry.sacc.shape == (RUNS,) and entry.spri_class_means.shape == (10,)
+        assert np.allclose(entry.curves[:, -1], 1, atol=1e-5)
+        assert np.all(np.abs(entry.spri) <= 1) and np.all(entry.sacc < 0)
+    assert len({entry.spri_mean for entry in scores}) == 3  # the transforms change the score
+
+
+def test_scores_do_not_depend_on_the_shard_a_policy_is_in(search_inputs) -> None:
+    together = {entry.policy: entry for entry in read_scores([_score(search_inputs, ["", "3-1-7"], "pair")])}
+    alone = read_scores([_score(search_inputs, ["3-1-7"], "alone")])[0]
+    assert np.array_equal(alone.spri, together["3-1-7"].spri)
+    assert np.array_equal(alone.sacc, together["3-1-7"].sacc)
+
+
+def test_non_finite_scores_are_stored_as_nan_without_failing(search_inputs) -> None:
+    _, _, _, folder = search_inputs
+    state = build_model(ARCH, 10, 1).state_dict()
+    state["model.linear.weight"][0, 0] = float("nan")
+    broken = folder / "broken.pt"
+    save_checkpoint(broken, state, fingerprint="pretrain")
+    [entry] = read_scores([_score(search_inputs, ["3"], "nan", checkpoint=broken)])
+    assert entry.status == "nonfinite" and np.isnan(entry.spri).all() and math.isnan(entry.spri_mean)
+    assert np.isfinite(entry.sacc).all()  # S_acc uses the untrained model, which is fine
+
+
+def test_bad_inputs_fail_before_any_work(search_inputs, tiny_dataset_h5) -> None:
+    with pytest.raises(PolicyError, match="3--1"):
+        _score(search_inputs, ["3", "3--1"], "bad-policy")
+    with pytest.raises(CacheError, match="evaluation images"):
+        _score(search_inputs, ["3"], "other-data", dataset_h5=tiny_dataset_h5("cifar10", per_class=2))
