@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from ats.search.accuracy import EIGENVALUE_OFFSET, accuracy_score, input_jacobians, score_from_jacobian
+from ats.search.accuracy import (
+    EIGENVALUE_OFFSET,
+    accuracy_score,
+    input_jacobians,
+    score_from_jacobian,
+)
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -7,7 +7,12 @@ import pytest
 
 from ats.case.datasets import load_dataset
 from ats.runtime.hdf5 import CacheError
-from ats.search.eval_set import accuracy_windows, build_eval_set, load_eval_set, privacy_indices
+from ats.search.eval_set import (
+    accuracy_windows,
+    build_eval_set,
+    load_eval_set,
+    privacy_indices,
+)
 
 
 def test_per_class_takes_the_first_images_of_each_class_in_class_order() -> None:

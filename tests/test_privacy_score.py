@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ats.search.privacy import interpolation_path, privacy_curves, trapezoid_mean, uniform_noise
+from ats.search.privacy import (
+    interpolation_path,
+    privacy_curves,
+    trapezoid_mean,
+    uniform_noise,
+)
 
 NUM_CLASSES = 5
-BINS = 6
+BINS = 4
 
 
 def _randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -57,7 +64,7 @@ def naive_privacy_score(model: nn.Module, image: torch.Tensor, label: torch.Tens
         cosines = [F.cosine_similarity(g.flatten(), r.flatten(), dim=0) for g, r in zip(gradient(point), reference)]
         curve.append(float(sum(cosines)) / len(parameters))
     interval = float((noise - image).abs().mean()) / bins
-    area = sum((previous + current) * interval / 2 for previous, current in zip(curve, curve[1:]))
+    area = sum((previous + current) * interval / 2 for previous, current in pairwise(curve))
     return area / (interval * bins), curve
 
 
@@ -75,22 +82,29 @@ def _naive(model: nn.Module, images, labels, noise, bins: int = BINS) -> tuple[t
             torch.tensor([curve for _, curve in results], dtype=torch.float64))
 
 
+@pytest.fixture(scope="module")
+def naive_results() -> dict[torch.dtype, tuple]:
+    """The naive scores and curves, computed once per dtype: model, inputs, scores, curves."""
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        model = tiny_convnet().to(dtype)
+        images, labels, noise = _inputs(2, dtype)
+        results[dtype] = (model, (images, labels, noise), *_naive(model, images, labels, noise))
+    return results
+
+
 @pytest.mark.parametrize("method", ["layerwise", "vmap"])
-def test_matches_the_naive_implementation_in_float64(method: str) -> None:
-    model = tiny_convnet().double()
-    images, labels, noise = _inputs(3, torch.float64)
-    scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, method=method)
-    naive_scores, naive_curves = _naive(model, images, labels, noise)
+def test_matches_the_naive_implementation_in_float64(method: str, naive_results) -> None:
+    model, inputs, naive_scores, naive_curves = naive_results[torch.float64]
+    scores, curves = privacy_curves(model, *inputs, bins=BINS, method=method)
     assert torch.allclose(curves, naive_curves, atol=1e-10, rtol=0)
     assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["layerwise", "vmap"])
-def test_matches_the_naive_implementation_in_float32(method: str) -> None:
-    model = tiny_convnet()
-    images, labels, noise = _inputs(3)
-    scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, method=method)
-    naive_scores, naive_curves = _naive(model, images, labels, noise)
+def test_matches_the_naive_implementation_in_float32(method: str, naive_results) -> None:
+    model, inputs, naive_scores, naive_curves = naive_results[torch.float32]
+    scores, curves = privacy_curves(model, *inputs, bins=BINS, method=method)
     assert (scores.double() - naive_scores).abs().max() <= 1e-4
     assert (curves.double() - naive_curves).abs().max() <= 1e-3
 
@@ -113,23 +127,17 @@ def test_the_path_starts_at_the_noise_and_ends_exactly_at_the_image() -> None:
     assert torch.equal(path[:, -1], images) and torch.equal(path[:, 0], noise)
 
 
-@pytest.mark.parametrize("chunk_size", [1, BINS + 1, 2 * (BINS + 1) + 3, 1000])
-def test_chunking_does_not_change_the_result(chunk_size: int) -> None:
+def test_chunking_and_batch_company_do_not_change_the_result() -> None:
+    """Chunks of one image, of one image despite a larger size, and of two images with a rest: an
+    image's scores do not depend on which images share its pass, so scoring several policies at
+    once is just concatenating their images."""
     model = tiny_convnet().double()
-    images, labels, noise = _inputs(5, torch.float64)
+    images, labels, noise = _inputs(3, torch.float64)
     whole_scores, whole_curves = privacy_curves(model, images, labels, noise, bins=BINS, chunk_size=1000)
-    scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, chunk_size=chunk_size)
-    assert torch.allclose(curves, whole_curves, atol=1e-12, rtol=0)
-    assert torch.allclose(scores, whole_scores, atol=1e-12, rtol=0)
-
-
-def test_scoring_several_policies_at_once_is_concatenating_their_images() -> None:
-    model = tiny_convnet().double()
-    images, labels, noise = _inputs(4, torch.float64)
-    together, _ = privacy_curves(model, images, labels, noise, bins=BINS)
-    apart = torch.cat([privacy_curves(model, images[i:i + 2], labels[i:i + 2], noise[i:i + 2], bins=BINS)[0]
-                       for i in (0, 2)])
-    assert torch.allclose(together, apart, atol=1e-12, rtol=0)
+    for chunk_size in (1, BINS + 2, 2 * (BINS + 1)):
+        scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, chunk_size=chunk_size)
+        assert torch.allclose(curves, whole_curves, atol=1e-12, rtol=0), chunk_size
+        assert torch.allclose(scores, whole_scores, atol=1e-12, rtol=0), chunk_size
 
 
 def test_repeated_calls_give_identical_results() -> None:
@@ -148,6 +156,7 @@ def test_auto_uses_vmap_for_layers_the_layerwise_engine_does_not_know() -> None:
     scores, curves = privacy_curves(model, images, labels, noise, bins=BINS)
     naive_scores, naive_curves = _naive(model, images, labels, noise)
     assert torch.allclose(curves, naive_curves, atol=1e-10, rtol=0)
+    assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="GroupNorm|1.weight"):
         privacy_curves(model, images, labels, noise, bins=BINS, method="layerwise")
 

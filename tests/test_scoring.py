@@ -23,8 +23,8 @@ RUNS = 2
 @pytest.fixture(scope="module")
 def search_inputs(tmp_path_factory):
     """(dataset file, evaluation set, checkpoint, folder) shared by the tests of this module."""
-    from tests.conftest import write_fashion_mnist_folder
     from ats.case.datasets import build_dataset_file
+    from tests.conftest import write_fashion_mnist_folder
 
     folder = tmp_path_factory.mktemp("scoring")
     write_fashion_mnist_folder(folder, 3)
@@ -42,21 +42,28 @@ def search_inputs(tmp_path_factory):
 def _score(search_inputs, policies, name, checkpoint=None, **overrides):
     dataset, eval_set, default_checkpoint, folder = search_inputs
     out = folder / f"{name}.h5"
-    arguments = dict(dataset_h5=dataset, eval_set_h5=eval_set, search_checkpoint=checkpoint or default_checkpoint,
-                     arch=ARCH, policies=policies, out_h5=out, seed=7, device="cpu", normalisation="faithful",
-                     bins=BINS, chunk_size=None, fingerprint="shard")
+    arguments = {"dataset_h5": dataset, "eval_set_h5": eval_set,
+                 "search_checkpoint": checkpoint or default_checkpoint, "arch": ARCH, "policies": policies,
+                 "out_h5": out, "seed": 7, "device": "cpu", "normalisation": "faithful", "bins": BINS,
+                 "chunk_size": None, "fingerprint": "shard"}
     score_shard(**{**arguments, **overrides})
     return out
 
 
-def test_a_shard_stores_every_score_of_every_policy(search_inputs) -> None:
-    policies = ["", "3-1-7", "14-48-48+42-28-42"]
-    out = _score(search_inputs, policies, "three")
-    arrays, attrs = read_h5(out, expected_fingerprint="shard")
-    assert list(arrays["policies"]) == policies and list(arrays["status"]) == ["ok"] * 3
+POLICIES = ["", "3-1-7", "14-48-48+42-28-42"]
+
+
+@pytest.fixture(scope="module")
+def shard(search_inputs):
+    return _score(search_inputs, POLICIES, "three")
+
+
+def test_a_shard_stores_every_score_of_every_policy(shard) -> None:
+    arrays, attrs = read_h5(shard, expected_fingerprint="shard")
+    assert list(arrays["policies"]) == POLICIES and list(arrays["status"]) == ["ok"] * 3
     assert arrays["privacy/classes"].tolist() == list(range(10))
     assert attrs["bins"] == BINS and attrs["arch"] == ARCH and len(attrs["seconds"]) == 3
-    scores = read_scores([out])
+    scores = read_scores([shard])
     for entry in scores:
         assert entry.spri.shape == (10,) and entry.curves.shape == (10, BINS + 1)
         assert entry.sacc.shape == (RUNS,) and entry.spri_class_means.shape == (10,)
@@ -65,10 +72,11 @@ def test_a_shard_stores_every_score_of_every_policy(search_inputs) -> None:
     assert len({entry.spri_mean for entry in scores}) == 3  # the transforms change the score
 
 
-def test_scores_do_not_depend_on_the_shard_a_policy_is_in(search_inputs) -> None:
-    together = {entry.policy: entry for entry in read_scores([_score(search_inputs, ["", "3-1-7"], "pair")])}
+def test_scores_do_not_depend_on_the_shard_a_policy_is_in(search_inputs, shard) -> None:
+    together = {entry.policy: entry for entry in read_scores([shard])}
     alone = read_scores([_score(search_inputs, ["3-1-7"], "alone")])[0]
     assert np.array_equal(alone.spri, together["3-1-7"].spri)
+    assert np.array_equal(alone.curves, together["3-1-7"].curves)
     assert np.array_equal(alone.sacc, together["3-1-7"].sacc)
 
 

@@ -11,7 +11,11 @@ import pytest
 from ats.runtime.atomic import read_tsv
 from ats.search.scoring import PolicyScores, make_policy_scores, write_scores
 from ats.search.selection import (
-    RANKING_COLUMNS, choose_policies, default_accuracy_threshold, rank_policies, select_policies,
+    RANKING_COLUMNS,
+    choose_policies,
+    default_accuracy_threshold,
+    rank_policies,
+    select_policies,
 )
 
 LABELS = np.array([0, 0, 1, 1])

@@ -40,7 +40,7 @@ def input_jacobians(model: nn.Module, images: Tensor, chunk_size: int | None = N
             inputs = images[start:start + step].detach().requires_grad_(True)
             (jacobian,) = torch.autograd.grad(model(inputs).sum(), inputs)
             rows.append(jacobian.flatten(1))
-    return torch.cat(rows) if rows else images.new_empty(0, images[0].numel() if len(images) else 0)
+    return torch.cat(rows) if rows else images.detach().flatten(1)
 
 
 def score_from_jacobian(jacobian: Tensor | np.ndarray) -> float:

@@ -36,8 +36,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -164,8 +166,8 @@ def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
     return scores
 
 
-def _halve_on_cuda_oom(compute: Callable[[int], T], chunk_size: int, minimum: int, what: str) -> tuple[T, int]:
-    """``compute(chunk_size)``, halving ``chunk_size`` after each CUDA out-of-memory error.
+def _halve_on_cuda_oom(compute: Callable[..., T], chunk_size: int, minimum: int, what: str) -> tuple[T, int]:
+    """``compute(chunk_size=chunk_size)``, halving ``chunk_size`` after each CUDA out-of-memory error.
 
     Returns the result and the chunk size that worked, which later calls should start from.
     """
@@ -173,7 +175,7 @@ def _halve_on_cuda_oom(compute: Callable[[int], T], chunk_size: int, minimum: in
 
     while True:
         try:
-            return compute(chunk_size), chunk_size
+            return compute(chunk_size=chunk_size), chunk_size
         except torch.cuda.OutOfMemoryError:
             if chunk_size <= minimum:
                 raise
@@ -253,13 +255,13 @@ def score_shard(
                                        image_size=image_size)
         privacy_inputs = preprocessor(eval_set.privacy_images, "policy", parsed[policy], privacy_draw)
         (spri, curves), chunk = _halve_on_cuda_oom(
-            lambda size: privacy_curves(trained, privacy_inputs, labels, noise, bins=bins, chunk_size=size),
-            chunk, bins + 1, f"S_pri of {policy!r}")
+            partial(privacy_curves, trained, privacy_inputs, labels, noise, bins=bins), chunk, bins + 1,
+            f"S_pri of {policy!r}")
         accuracy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "sacc", policy, run, index)
                                                          for run, index in accuracy_keys], image_size=image_size)
         accuracy_inputs = preprocessor(eval_set.accuracy_images, "policy", parsed[policy], accuracy_draw)
         jacobians, chunk = _halve_on_cuda_oom(
-            lambda size: input_jacobians(untrained, accuracy_inputs, size), chunk, 1, f"S_acc of {policy!r}")
+            partial(input_jacobians, untrained, accuracy_inputs), chunk, 1, f"S_acc of {policy!r}")
         sacc = [score_from_jacobian(jacobians[torch.as_tensor(batch, device=torch_device)]) for batch in runs]
         entry = make_policy_scores(policy, spri.double().cpu().numpy(), curves.double().cpu().numpy(),
                                    eval_set.privacy_labels, np.array(sacc))
