@@ -526,6 +526,24 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def contention_warning(record: dict[str, Any]) -> str | None:
+    """A warning when other processes competed for the cores this run used, else ``None``.
+
+    With more runnable threads than cores, OpenMP threads that spin-wait for a descheduled
+    partner make multi-threaded runs of small operations (the batch-1 references, the batched
+    augmentation) several times slower, erratically, so the ratios of such a run are unreliable.
+    """
+    cores = record["machine"]["cpu_cores_usable"]
+    load = max(record["load_average_start"][0], record["load_average_end"][0])
+    if record["device"] != "cpu" or load <= cores:
+        return None
+    threads = record["machine"]["torch_threads"]
+    advice = "" if threads == 1 else " Rerun when the machine is idle, or compare with --threads 1."
+    return (f"the 1-minute load average reached {load:.1f} on {cores} usable cores: other processes competed "
+            f"for the CPU, so timings are noisy{' and multi-threaded ratios unreliable' if threads > 1 else ''}."
+            f"{advice}")
+
+
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -590,8 +608,13 @@ def _run(arguments: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     record["timings"]["total_wall_seconds"] = time.perf_counter() - started
     record["load_average_end"] = os.getloadavg()
     record["targets"] = evaluate_targets(record, device.type)
+    warning = contention_warning(record)
+    if warning:
+        record["warning"] = warning
     write_json(arguments.output, record)
     print(format_table(record))
+    if warning:
+        print(f"\nWARNING: {warning}")
     print(f"\nwritten to {arguments.output}")
     return record
 
