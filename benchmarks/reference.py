@@ -10,7 +10,8 @@ against:
   ``cosine_similarity`` and a host sync (``.item()``) for every value, and a Python trapezoid sum.
 * **Attack**: one image at a time, an Adam closure that rebuilds the dummy gradient with
   ``create_graph=True`` and backpropagates the cost to the image *and* to the model parameters
-  (the original never freezes them), a ``MultiStepLR`` and a box clamp after each step.
+  (the original never freezes them), a ``MultiStepLR`` and a box clamp after each step, and a
+  final ``_score_trial``-style matching cost.
 * **Augmentation**: a ``Dataset`` that turns one uint8 array into a PIL image, applies crop, flip
   and the policy's PIL ops (:mod:`ats.transforms.ops_pil`, the library's per-op PIL reference), then
   ``ToTensor`` and ``Normalize``, read through a ``DataLoader``.
@@ -21,7 +22,8 @@ the benchmark needs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -70,7 +72,7 @@ def privacy_score(model: nn.Module, image: torch.Tensor, label: torch.Tensor, no
         gradient = parameter_gradient(model, point, labels)
         curve.append(sum(_cosine_item(g, r) for g, r in zip(gradient, reference)) / len(reference))
     interval = torch.mean(torch.abs(noise_input - inputs)).item() / bins
-    area = sum((previous + current) * interval / 2 for previous, current in zip(curve, curve[1:]))
+    area = sum((previous + current) * interval / 2 for previous, current in pairwise(curve))
     return area / (interval * bins), curve
 
 

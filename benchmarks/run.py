@@ -12,9 +12,10 @@ every round's wall and CPU time, targets and whether they are met) to
 Usage::
 
     python -m benchmarks.run [--device cpu|cuda] [--quick] [--only spri attack ...] [--output PATH]
+                             [--threads N]
 
-``--quick`` runs every benchmark on tiny sizes in a few seconds; the smoke test uses it to check
-the keys and the agreement with the references. Its timings mean nothing.
+``--quick`` runs every benchmark on tiny sizes with one thread in a few seconds; the smoke test
+uses it to check the keys and the agreement with the references. Its timings mean nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,9 +143,10 @@ SIZES: dict[str, Sizes] = {
 class Measurement:
     """Per-round wall and process CPU seconds of each timed function, and its last result.
 
-    On a machine shared with other jobs the wall time of a round can jump several-fold; the CPU
-    time of this process is much steadier (it does not count time spent waiting for a core), so it
-    is recorded beside it. It does not count DataLoader worker processes.
+    On a machine shared with other jobs the wall time of a round can jump several-fold. The CPU
+    time of this process does not count time spent waiting for a core, so with one thread it
+    stays steady and shows the work ratio; with more threads it also counts OpenMP threads
+    spinning for a descheduled partner. It does not count DataLoader worker processes.
     """
 
     wall: dict[str, list[float]] = field(default_factory=dict)
@@ -168,16 +171,17 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_alternating(functions: dict[str, Callable[[], Any]], device: torch.device, rounds: int,
-                     warmups: dict[str, Callable[[], Any]] | None = None) -> Measurement:
-    """Warm every function up once, then time ``rounds`` rounds that call each function in turn.
+                     warmups: dict[str, Callable[[], Any]] | None = None, warmup_calls: int = 1) -> Measurement:
+    """Warm every function up, then time ``rounds`` rounds that call each function in turn.
 
-    The warm-up (one call of ``warmups[name]``, a cheaper version of the same work, or else of the
-    function itself) pays for one-off costs: allocator growth, oneDNN primitive creation, CUDA
-    kernel loading and cuDNN autotuning. Alternating (rather than timing all rounds of one
-    function, then the next) spreads load from other processes over both sides of a ratio.
+    The warm-up (``warmup_calls`` calls of ``warmups[name]``, a cheaper version of the same work,
+    or else of the function itself) pays for one-off costs: allocator growth, oneDNN primitive
+    creation, CUDA kernel loading and cuDNN autotuning. Alternating (rather than timing all rounds
+    of one function, then the next) spreads load from other processes over both sides of a ratio.
     """
-    for name, function in functions.items():
-        (warmups or {}).get(name, function)()
+    for _ in range(warmup_calls):
+        for name, function in functions.items():
+            (warmups or {}).get(name, function)()
     measurement = Measurement({name: [] for name in functions}, {name: [] for name in functions})
     for _ in range(rounds):
         for name, function in functions.items():
@@ -226,6 +230,41 @@ def _labels(count: int, device: torch.device, purpose: str) -> torch.Tensor:
 # Benchmarks
 
 
+def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """The S_pri figures of one model on ``count`` images (keys suffixed with the model)."""
+    key = _key(arch)
+    model = _model(arch, device, "spri")
+    images = _normalised_images(count, device, f"spri-{arch}")
+    labels = _labels(count, device, f"spri-{arch}")
+    noise = _normalised_images(count, device, f"spri-noise-{arch}")
+    path = sizes.bins + 1
+    points = interpolation_path(images, noise, sizes.bins)
+    point_labels = labels.repeat_interleave(path)
+    measured = time_alternating({
+        "library": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins),
+        "reference": lambda: reference.privacy_scores(model, images, labels, noise, bins=sizes.bins),
+        "floor": lambda: reference.batched_forward_backward(model, points, point_labels),
+    }, device, sizes.rounds, warmups={
+        "library": lambda: privacy_curves(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
+        "reference": lambda: reference.privacy_scores(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
+        "floor": lambda: reference.batched_forward_backward(model, points[:path], point_labels[:path]),
+    })
+    library_scores, library_curves = (t.detach().double().cpu() for t in measured.results["library"])
+    reference_scores, reference_curves = measured.results["reference"]
+    library_s = measured.seconds("library")
+    return {
+        f"spri_speedup_{key}": measured.seconds("reference") / library_s,
+        f"spri_floor_ratio_{key}": library_s / measured.seconds("floor"),
+        f"spri_speedup_{key}_cpu_time": measured.cpu_seconds("reference") / measured.cpu_seconds("library"),
+        f"spri_floor_ratio_{key}_cpu_time": measured.cpu_seconds("library") / measured.cpu_seconds("floor"),
+        f"spri_max_abs_diff_{key}": float((library_scores - reference_scores).abs().max()),
+        f"spri_curve_max_abs_diff_{key}": float((library_curves - reference_curves).abs().max()),
+        f"spri_seconds_per_image_{key}": library_s / count,
+        f"spri_reference_seconds_per_image_{key}": measured.seconds("reference") / count,
+        "timings": {f"spri_{key}": {"images": count, "bins": sizes.bins, **measured.as_json()}},
+    }
+
+
 def bench_spri(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """S_pri per model: library ``privacy_curves`` vs the per-image loop vs the batched floor.
 
@@ -235,37 +274,9 @@ def bench_spri(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """
     record: dict[str, Any] = {"timings": {}}
     for arch, count in sizes.spri_images.items():
-        key = _key(arch)
-        model = _model(arch, device, "spri")
-        images = _normalised_images(count, device, f"spri-{arch}")
-        labels = _labels(count, device, f"spri-{arch}")
-        noise = _normalised_images(count, device, f"spri-noise-{arch}")
-        points = interpolation_path(images, noise, sizes.bins)
-        point_labels = labels.repeat_interleave(sizes.bins + 1)
-        path = sizes.bins + 1
-        measured = time_alternating({
-            "library": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins),
-            "reference": lambda: reference.privacy_scores(model, images, labels, noise, bins=sizes.bins),
-            "floor": lambda: reference.batched_forward_backward(model, points, point_labels),
-        }, device, sizes.rounds, warmups={
-            "library": lambda: privacy_curves(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
-            "reference": lambda: reference.privacy_scores(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
-            "floor": lambda: reference.batched_forward_backward(model, points[:path], point_labels[:path]),
-        })
-        library_scores, library_curves = (t.detach().double().cpu() for t in measured.results["library"])
-        reference_scores, reference_curves = measured.results["reference"]
-        library_s = measured.seconds("library")
-        record.update({
-            f"spri_speedup_{key}": measured.seconds("reference") / library_s,
-            f"spri_floor_ratio_{key}": library_s / measured.seconds("floor"),
-            f"spri_speedup_{key}_cpu_time": measured.cpu_seconds("reference") / measured.cpu_seconds("library"),
-            f"spri_floor_ratio_{key}_cpu_time": measured.cpu_seconds("library") / measured.cpu_seconds("floor"),
-            f"spri_max_abs_diff_{key}": float((library_scores - reference_scores).abs().max()),
-            f"spri_curve_max_abs_diff_{key}": float((library_curves - reference_curves).abs().max()),
-            f"spri_seconds_per_image_{key}": library_s / count,
-            f"spri_reference_seconds_per_image_{key}": measured.seconds("reference") / count,
-        })
-        record["timings"][f"spri_{key}"] = {"images": count, "bins": sizes.bins, **measured.as_json()}
+        results = _spri_one_model(arch, count, sizes, device)
+        record["timings"].update(results.pop("timings"))
+        record.update(results)
     keys = [_key(arch) for arch in sizes.spri_images]
     record["spri_max_abs_diff"] = max(record[f"spri_max_abs_diff_{key}"] for key in keys)
     record["spri_floor_ratio"] = max(record[f"spri_floor_ratio_{key}"] for key in keys)
@@ -308,6 +319,30 @@ class _AttackPair:
         return torch.cat(images), torch.stack(scores)
 
 
+def _attack_one_model(arch: str, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """The timed float32 attack figures of one victim model (keys suffixed with the model)."""
+    key = _key(arch)
+    iterations = sizes.attack_iterations
+    targets = _normalised_images(sizes.attack_batch, device, f"attack-{arch}")
+    labels = _labels(sizes.attack_batch, device, f"attack-{arch}")
+    pair = _AttackPair(_model(arch, device, "attack"), targets, labels, arch)
+    measured = time_alternating(
+        {"library": lambda: pair.library(iterations), "reference": lambda: pair.reference(iterations)},
+        device, sizes.rounds,
+        warmups={"library": lambda: pair.library(1), "reference": lambda: pair.reference(1, targets=1)})
+    float32_diff = (measured.results["library"][0] - measured.results["reference"][0]).abs()
+    return {
+        f"attack_speedup_{key}": measured.seconds("reference") / measured.seconds("library"),
+        f"attack_speedup_{key}_cpu_time": measured.cpu_seconds("reference") / measured.cpu_seconds("library"),
+        f"attack_float32_max_abs_diff_{key}": float(float32_diff.max()),
+        f"attack_float32_pixels_differing_{key}": float((float32_diff > 1e-4).double().mean()),
+        f"attack_seconds_per_attack_iteration_{key}": (
+            measured.seconds("library") / (sizes.attack_batch * iterations)),
+        "timings": {f"attack_{key}": {"batch": sizes.attack_batch, "iterations": iterations,
+                                      **measured.as_json()}},
+    }
+
+
 def bench_attack(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """Inverting Gradients: one batched ``reconstruct`` vs the reference attacking one image at a time.
 
@@ -319,29 +354,12 @@ def bench_attack(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     model); the float32 differences of every timed run are recorded beside it.
     """
     record: dict[str, Any] = {"timings": {}}
-    iterations = sizes.attack_iterations
     for arch in sizes.attack_archs:
-        key = _key(arch)
-        targets = _normalised_images(sizes.attack_batch, device, f"attack-{arch}")
-        labels = _labels(sizes.attack_batch, device, f"attack-{arch}")
-        pair = _AttackPair(_model(arch, device, "attack"), targets, labels, arch)
-        measured = time_alternating(
-            {"library": lambda: pair.library(iterations), "reference": lambda: pair.reference(iterations)},
-            device, sizes.rounds,
-            warmups={"library": lambda: pair.library(1), "reference": lambda: pair.reference(1, targets=1)})
-        float32_diff = (measured.results["library"][0] - measured.results["reference"][0]).abs()
-        record.update({
-            f"attack_speedup_{key}": measured.seconds("reference") / measured.seconds("library"),
-            f"attack_speedup_{key}_cpu_time": measured.cpu_seconds("reference") / measured.cpu_seconds("library"),
-            f"attack_float32_max_abs_diff_{key}": float(float32_diff.max()),
-            f"attack_float32_pixels_differing_{key}": float((float32_diff > 1e-4).double().mean()),
-            f"attack_seconds_per_attack_iteration_{key}": (
-                measured.seconds("library") / (sizes.attack_batch * iterations)),
-        })
-        record["timings"][f"attack_{key}"] = {"batch": sizes.attack_batch, "iterations": iterations,
-                                              **measured.as_json()}
+        results = _attack_one_model(arch, sizes, device)
+        record["timings"].update(results.pop("timings"))
+        record.update(results)
 
-    arch, checked = sizes.attack_check_arch, sizes.attack_check_targets
+    arch, checked, iterations = sizes.attack_check_arch, sizes.attack_check_targets, sizes.attack_iterations
     exact = _AttackPair(_model(arch, device, "attack").double(),
                         _normalised_images(checked, device, f"attack-{arch}").double(),
                         _labels(checked, device, f"attack-{arch}"), arch)
@@ -395,7 +413,10 @@ def _augment_one_policy(policy_text: str, pixels: np.ndarray, sizes: Sizes,
     def per_image() -> list[torch.Tensor]:
         return [batch.to(device) for batch in loader]
 
-    measured = time_alternating({"library": batched, "reference": per_image}, device, sizes.rounds)
+    # Cheap, but its first calls after the heavy benchmarks run slow (fresh allocations), so it
+    # gets two warm-up calls and five rounds.
+    measured = time_alternating({"library": batched, "reference": per_image}, device, max(sizes.rounds, 5),
+                                warmup_calls=2)
     diff = max(float((ours - theirs).abs().max())
                for ours, theirs in zip(measured.results["library"], measured.results["reference"]))
     return measured, diff
@@ -535,7 +556,7 @@ def contention_warning(record: dict[str, Any]) -> str | None:
     """
     cores = record["machine"]["cpu_cores_usable"]
     load = max(record["load_average_start"][0], record["load_average_end"][0])
-    if record["device"] != "cpu" or load <= cores:
+    if record["device"] != "cpu" or load <= cores + 1:  # this run alone keeps `threads` (+ workers) busy
         return None
     threads = record["machine"]["torch_threads"]
     advice = "" if threads == 1 else " Rerun when the machine is idle, or compare with --threads 1."
