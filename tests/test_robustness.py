@@ -34,6 +34,7 @@ from ats.attack import reconstruct as attack_engine
 from ats.attack import run as attack_run
 from ats.case import models
 from ats.report.summary import PER_IMAGE_METRICS, summary_rows
+from ats.runtime import atomic
 from ats.runtime.atomic import read_tsv, write_tsv
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
@@ -220,9 +221,30 @@ def test_writer_killed_mid_write_leaves_no_complete_looking_file(
         assert _read_back(kind, path) == before  # the complete earlier version is untouched
     else:
         assert not path.exists()
-    # The partial file keeps a hidden temporary name, which no reader or Snakemake rule looks for.
+    # The partial file keeps a hidden temporary name, which no reader or Snakemake rule looks for ...
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
     assert len(leftovers) == 1 and leftovers[0].startswith(f".{path.name}.") and leftovers[0].endswith(".tmp")
+    # ... and the next writer of the same file, here the rerun, deletes it.
+    _write_earlier_version(kind, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_next_writer_removes_only_temporaries_of_dead_writers(tmp_path: Path) -> None:
+    """Leftovers of a finished process go; those of a live writer (this process), other hosts and other files stay."""
+    path = tmp_path / "ranking.tsv"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)
+    host = atomic._temporary_prefix(path, 0).split(".")[-3]
+    orphan = tmp_path / f".ranking.tsv.{host}.{dead_pid}.abc123.tmp"
+    live = tmp_path / f".ranking.tsv.{host}.{os.getpid()}.def456.tmp"
+    other_host = tmp_path / f".ranking.tsv.another-node.{dead_pid}.ghi789.tmp"
+    other_file = tmp_path / f".ranking.tsv.old.{host}.{dead_pid}.jkl012.tmp"
+    for leftover in (orphan, live, other_host, other_file):
+        leftover.write_text("partial")
+    write_tsv(path, ["policy", "score"], [["3-1-7", 0.25]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other_host.name, other_file.name])
+    assert read_tsv(path) == [{"policy": "3-1-7", "score": "0.25"}]
 
 
 _WRITE_CALLS = {"save", "savefig", "write_text", "write_bytes", "to_csv", "dump", "File", "open"}
@@ -373,7 +395,7 @@ def test_attack_stage_survives_cuda_oom_with_smaller_chunks(
     with caplog.at_level(logging.WARNING, logger=attack_engine.__name__):
         constrained = _run_attack_stage(tmp_path / "constrained.h5")
     assert chunk_sizes == [3, 1, 1, 1]
-    assert "CUDA out of memory with 3 attacks at once; retrying with 1" in caplog.text
+    assert "CUDA out of memory during 3 attacks, 3 at once; retrying with 1 at once" in caplog.text
     # Chunks only change the batch size of the kernels, hence at most their rounding.
     np.testing.assert_allclose(constrained["reconstructions"], unconstrained["reconstructions"], atol=1e-5)
     assert constrained["diverged"].tolist() == unconstrained["diverged"].tolist() == [False] * 3
@@ -468,7 +490,7 @@ def test_scoring_survives_cuda_oom_with_smaller_chunks(
         arrays = _score(search_inputs, tmp_path / "shard-0000.h5", chunk_size=32)
     # The first policy finds the size that fits; the others start from it.
     assert chunk_sizes["privacy"] == [32, 16, 8, 8, 8] and chunk_sizes["accuracy"] == [8, 8, 8]
-    assert "CUDA out of memory during S_pri of ''; retrying with chunk size 16" in caplog.text
+    assert "CUDA out of memory during S_pri of ''; retrying with 16 at once" in caplog.text
     assert arrays.keys() == expected.keys()
     for name in arrays:
         np.testing.assert_array_equal(arrays[name], expected[name], err_msg=name)

@@ -4,13 +4,21 @@ A job that is killed (SIGKILL, a Slurm time limit, a power cut) must never leave
 looks complete, because Snakemake and our own caches trust existing files. Every writer therefore
 writes to a temporary file in the destination folder and renames it into place; ``os.replace`` is
 atomic on POSIX file systems when source and destination share a folder.
+
+A killed writer cannot remove its temporary file, so the name records the host and process that
+own it (``.{name}.{host}.{pid}.{random}.tmp``); the next writer of the same output deletes those
+whose process is gone. Files of other hosts (a shared cluster file system) are left alone, since
+their processes cannot be checked from here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,7 +33,8 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    _remove_orphaned_temporaries(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(final, os.getpid()), suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates owner-only files; outputs should get the usual umask-based permissions.
@@ -38,6 +47,30 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _temporary_prefix(final: Path, pid: int) -> str:
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())  # no dots: they separate the fields
+    return f".{final.name}.{host}.{pid}."
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_orphaned_temporaries(final: Path) -> None:
+    """Delete temporary files of ``final`` left by killed writers on this host."""
+    this_host = _temporary_prefix(final, 0)[: -len("0.")]
+    for candidate in final.parent.glob(f"{glob.escape(this_host)}*.tmp"):
+        pid_text = candidate.name[len(this_host):].split(".", 1)[0]
+        if pid_text.isdigit() and not _process_exists(int(pid_text)):
+            candidate.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

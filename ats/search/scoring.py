@@ -36,10 +36,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +46,6 @@ from ats.runtime.hdf5 import CacheError, read_h5, write_h5
 
 _log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 STATUS_OK = "ok"
 STATUS_NONFINITE = "nonfinite"
 
@@ -166,24 +164,6 @@ def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
     return scores
 
 
-def _halve_on_cuda_oom(compute: Callable[..., T], chunk_size: int, minimum: int, what: str) -> tuple[T, int]:
-    """``compute(chunk_size=chunk_size)``, halving ``chunk_size`` after each CUDA out-of-memory error.
-
-    Returns the result and the chunk size that worked, which later calls should start from.
-    """
-    import torch
-
-    while True:
-        try:
-            return compute(chunk_size=chunk_size), chunk_size
-        except torch.cuda.OutOfMemoryError:
-            if chunk_size <= minimum:
-                raise
-            torch.cuda.empty_cache()
-            chunk_size = max(minimum, chunk_size // 2)
-            _log.warning("CUDA out of memory during %s; retrying with chunk size %d", what, chunk_size)
-
-
 def score_shard(
     *,
     dataset_h5: str | os.PathLike,
@@ -198,21 +178,25 @@ def score_shard(
     bins: int = 20,
     chunk_size: int | None = None,
     fingerprint: str,
+    model_fingerprint: str | None = None,
+    eval_set_fingerprint: str | None = None,
 ) -> None:
     """Stage function: score every policy of the shard and write ``out_h5`` atomically.
 
     ``chunk_size`` is the number of inputs per gradient pass (``None``: from the model size, see
-    :func:`ats.search.privacy.default_chunk_size`).
+    :func:`ats.search.privacy.default_chunk_size`). ``model_fingerprint`` and
+    ``eval_set_fingerprint`` are the configuration fingerprints the search checkpoint and the
+    evaluation set must carry, so that scores are never computed on inputs of another configuration.
     """
     import torch
 
     from ats.case.datasets import load_dataset
-    from ats.case.models import build_model
+    from ats.case.models import build_model, load_model
     from ats.case.normalisation import normalisation_constants
     from ats.policies import parse_policy
-    from ats.runtime.checkpoints import load_checkpoint
     from ats.runtime.device import resolve_device
     from ats.runtime.logs import progress
+    from ats.runtime.memory import halving_on_cuda_oom
     from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
     from ats.search.accuracy import input_jacobians, score_from_jacobian
     from ats.search.eval_set import load_eval_set
@@ -222,7 +206,7 @@ def score_shard(
     parsed = {policy: parse_policy(policy) for policy in policies}  # a bad policy fails before any work
     dataset = load_dataset(dataset_h5)
     spec = dataset.spec
-    eval_set = load_eval_set(eval_set_h5)
+    eval_set = load_eval_set(eval_set_h5, expected_fingerprint=eval_set_fingerprint)
     if eval_set.attrs.get("dataset") != spec.name or not np.array_equal(
             dataset.test_labels[eval_set.privacy_indices], eval_set.privacy_labels):
         raise CacheError(f"{eval_set_h5}: evaluation images were not cut from the dataset file {dataset_h5} "
@@ -232,9 +216,8 @@ def score_shard(
     torch_device = resolve_device(device)
     seed_everything(seed)
     untrained = build_model(arch, spec.num_classes, spec.channels).to(torch_device).eval()
-    trained = build_model(arch, spec.num_classes, spec.channels)
-    trained.load_state_dict(load_checkpoint(search_checkpoint)["state_dict"], strict=True)
-    trained = trained.to(torch_device).eval()
+    trained = load_model(search_checkpoint, arch, spec.num_classes, spec.channels,
+                         expected_fingerprint=model_fingerprint).to(torch_device)
 
     mean, std = normalisation_constants(spec.name, normalisation)
     preprocessor = Preprocessor(spec.channels, mean, std, torch_device)
@@ -254,14 +237,15 @@ def score_shard(
         privacy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "spri", policy, index) for index in test_indices],
                                        image_size=image_size)
         privacy_inputs = preprocessor(eval_set.privacy_images, "policy", parsed[policy], privacy_draw)
-        (spri, curves), chunk = _halve_on_cuda_oom(
-            partial(privacy_curves, trained, privacy_inputs, labels, noise, bins=bins), chunk, bins + 1,
-            f"S_pri of {policy!r}")
+        (spri, curves), chunk = halving_on_cuda_oom(
+            lambda size: privacy_curves(trained, privacy_inputs, labels, noise, bins=bins, chunk_size=size),
+            chunk, what=f"S_pri of {policy!r}", minimum=bins + 1)
         accuracy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "sacc", policy, run, index)
                                                          for run, index in accuracy_keys], image_size=image_size)
         accuracy_inputs = preprocessor(eval_set.accuracy_images, "policy", parsed[policy], accuracy_draw)
-        jacobians, chunk = _halve_on_cuda_oom(
-            partial(input_jacobians, untrained, accuracy_inputs), chunk, 1, f"S_acc of {policy!r}")
+        jacobians, chunk = halving_on_cuda_oom(
+            lambda size: input_jacobians(untrained, accuracy_inputs, chunk_size=size), chunk,
+            what=f"S_acc of {policy!r}")
         sacc = [score_from_jacobian(jacobians[torch.as_tensor(batch, device=torch_device)]) for batch in runs]
         entry = make_policy_scores(policy, spri.double().cpu().numpy(), curves.double().cpu().numpy(),
                                    eval_set.privacy_labels, np.array(sacc))

@@ -113,6 +113,8 @@ rule score_shard:
         bins=SEARCH["privacy"]["bins"],
         chunk_size=SEARCH["chunk_size"],
         fingerprint=get_shard_fingerprint,
+        model_fingerprint=get_pretrain_fingerprint(),
+        eval_set_fingerprint=get_eval_set_fingerprint(),
     log:
         "results/logs/score_shard/{shard}.log",
     benchmark:

@@ -20,4 +20,6 @@ score_shard(
     bins=params.bins,
     chunk_size=params.chunk_size or None,
     fingerprint=params.fingerprint,
+    model_fingerprint=params.model_fingerprint,
+    eval_set_fingerprint=params.eval_set_fingerprint,
 )
