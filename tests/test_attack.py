@@ -195,6 +195,20 @@ def test_chunking_does_not_change_results_and_cuda_oom_halves_the_chunk(monkeypa
     assert torch.allclose(whole.cost_history, chunked.cost_history, atol=1e-9)
 
 
+def test_default_chunk_is_sized_by_the_model_on_cpu_and_unbounded_on_gpu() -> None:
+    """On the CPU a chunk's per-attack gradients stay near 2**25 floats; a GPU takes every attack at once."""
+    from ats.case.models import build_model
+
+    def count(arch: str) -> int:
+        return sum(p.numel() for p in attacked_parameters(build_model(arch, 100, 3)).values())
+
+    assert count("ResNet20-4") == 4_350_884
+    assert reconstruct_module.default_max_batch(count("ResNet20-4"), torch.device("cpu")) == 7
+    assert reconstruct_module.default_max_batch(count("ResNet20"), torch.device("cpu")) == 120
+    assert reconstruct_module.default_max_batch(1 << 30, torch.device("cpu")) == 1
+    assert reconstruct_module.default_max_batch(count("ResNet20-4"), torch.device("cuda")) is None
+
+
 def test_restarts_keep_the_trial_with_the_lowest_final_cost() -> None:
     model, images, labels, observed = attack_case(1)
     config = dataclasses.replace(get_attack("inversed"), restarts=2)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ats.search import privacy
 from ats.search.privacy import (
     interpolation_path,
     privacy_curves,
@@ -32,9 +33,10 @@ def _randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> nn.M
 
 
 def tiny_convnet(seed: int = 0, channels: int = 3) -> nn.Module:
-    """Covers every layerwise route: a first conv with few input channels (im2col), a conv with
-    many spatial positions (grouped per-sample gradient), a strided dilated conv with few positions
-    (Gram matrices), BatchNorm with in-place ReLU after it, conv biases and a linear layer."""
+    """Covers the layerwise engine's layers: a first conv with few input channels (im2col), a conv
+    with many spatial positions (grouped per-sample gradient), a strided dilated conv with padding,
+    BatchNorm with in-place ReLU after it, conv biases and a linear layer (Gram matrices).
+    ``test_every_conv_route_matches_the_naive_implementation`` sends the convs through each route."""
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(channels, 8, 3, padding=1),
@@ -107,6 +109,35 @@ def test_matches_the_naive_implementation_in_float32(method: str, naive_results)
     scores, curves = privacy_curves(model, *inputs, bins=BINS, method=method)
     assert (scores.double() - naive_scores).abs().max() <= 1e-4
     assert (curves.double() - naive_curves).abs().max() <= 1e-3
+
+
+@pytest.mark.parametrize("route", ["materialise", "columns", "shifted"])
+def test_every_conv_route_matches_the_naive_implementation(route: str, naive_results, monkeypatch) -> None:
+    """Each way of getting a conv's statistics, forced on every conv (stride, dilation and padding included)."""
+    asked = []
+
+    def forced_route(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> str:
+        asked.append(conv)
+        return route
+
+    monkeypatch.setattr(privacy, "_conv_route", forced_route)
+    model, inputs, naive_scores, naive_curves = naive_results[torch.float64]
+    scores, curves = privacy_curves(model, *inputs, bins=BINS, method="layerwise")
+    assert len(asked) == 3
+    assert torch.allclose(curves, naive_curves, atol=1e-10, rtol=0)
+    assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    # (in, out, input size, stride) -> route; the ResNet20(-4) convs, as measured fastest on a CPU
+    ((16, 16, 32, 1), "materialise"), ((64, 64, 32, 1), "materialise"), ((128, 128, 16, 1), "materialise"),
+    ((64, 64, 8, 1), "shifted"), ((256, 256, 8, 1), "shifted"),
+    ((32, 64, 16, 2), "materialise"), ((128, 256, 16, 2), "columns"),
+])
+def test_conv_route_picks_the_cheapest_way(shape: tuple[int, int, int, int], expected: str) -> None:
+    in_channels, out_channels, size, stride = shape
+    conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+    assert privacy._conv_route(conv, (size, size), (size // stride, size // stride)) == expected
 
 
 def test_the_curve_ends_at_one_and_the_score_is_its_trapezoid_mean() -> None:

@@ -268,7 +268,7 @@ def default_max_batch(parameter_count: int, device: torch.device) -> int | None:
     On the CPU a batch's per-attack parameter gradients (and their same-sized intermediates in the
     double backward) stop fitting in cache beyond about :data:`_CPU_ATTACK_GRADIENT_FLOATS` floats,
     and larger batches then run slower per attack than small ones: ResNet20-4 (4.35 M parameters)
-    gets 7 attacks per chunk, ResNet20 (0.27 M) 124. On a GPU, all at once (a CUDA out-of-memory
+    gets 7 attacks per chunk, ResNet20 (0.28 M) 120. On a GPU, all at once (a CUDA out-of-memory
     error halves the chunk).
     """
     if device.type != "cpu":
