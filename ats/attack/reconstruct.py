@@ -248,7 +248,8 @@ def _attack_lbfgs(objective: _Objective, initial: torch.Tensor, targets: list[to
 def _in_chunks(run: Callable[[slice], _Trials], count: int, max_batch: int) -> _Trials:
     """Run attacks ``[0, count)`` in chunks of at most ``max_batch``; halve the chunk on CUDA OOM.
 
-    Chunks are independent attacks, so the result does not depend on the chunk size.
+    Chunks are independent attacks, so the chunk size changes results only by the rounding of
+    batched kernels.
     """
     chunk = max(1, min(max_batch, count))
     parts: list[_Trials] = []
@@ -265,10 +266,11 @@ def _in_chunks(run: Callable[[slice], _Trials], count: int, max_batch: int) -> _
 def default_max_batch(parameter_count: int, device: torch.device) -> int | None:
     """How many attacks share one computation when the caller does not say (``None``: all).
 
-    On the CPU a batch's per-attack parameter gradients (and their same-sized intermediates in the
-    double backward) stop fitting in cache beyond about :data:`_CPU_ATTACK_GRADIENT_FLOATS` floats,
-    and larger batches then run slower per attack than small ones: ResNet20-4 (4.35 M parameters)
-    gets 7 attacks per chunk, ResNet20 (0.28 M) 120. On a GPU, all at once (a CUDA out-of-memory
+    On the CPU the double backward materialises every attack's parameter gradient and several
+    same-sized intermediates; beyond about :data:`_CPU_ATTACK_GRADIENT_FLOATS` gradient floats per
+    chunk it is limited by memory traffic, and larger batches run slower per attack than small
+    ones (measured in docs/benchmarks.md): ResNet20-4 (4.35 M parameters) gets 7 attacks per
+    chunk, ResNet20 (0.28 M) 120. On a GPU, all at once (a CUDA out-of-memory
     error halves the chunk).
     """
     if device.type != "cpu":
