@@ -36,3 +36,20 @@ def test_config_readme_explains_every_key_with_its_default():
 def test_readme_names_the_two_commands():
     readme = (REPO / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
+
+
+def _set_keys(config: dict, prefix: str = ""):
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            yield from _set_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_paper_configs_set_every_key_the_demo_sets():
+    """Snakemake merges --configfile over config/config.yaml: a key a paper config left out would
+    silently keep the demo's value (its 24 candidates, its validation policies, ...)."""
+    demo = set(_set_keys(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+    for path in sorted((REPO / "config" / "paper").glob("*.yaml")):
+        missing = demo - set(_set_keys(yaml.safe_load(path.read_text())))
+        assert not missing, f"{path.name} leaves {sorted(missing)} to the demo config"
