@@ -245,13 +245,14 @@ def _attack_lbfgs(objective: _Objective, initial: torch.Tensor, targets: list[to
     return _Trials.concatenate(results)
 
 
-def _in_chunks(run: Callable[[slice], _Trials], count: int, max_batch: int) -> _Trials:
-    """Run attacks ``[0, count)`` in chunks of at most ``max_batch``; halve the chunk on CUDA OOM.
+def _in_chunks(run: Callable[[slice], _Trials], count: int, max_batch: int | None) -> _Trials:
+    """Run attacks ``[0, count)`` in chunks of at most ``max_batch`` (``None``: all at once); halve
+    the chunk on CUDA OOM.
 
     Chunks are independent attacks, so the chunk size changes results only by the rounding of
     batched kernels.
     """
-    chunk = max(1, min(max_batch, count))
+    chunk = count if max_batch is None else max(1, min(max_batch, count))
     parts: list[_Trials] = []
     start = 0
     while start < count:
@@ -341,7 +342,8 @@ def reconstruct(
     or a single generator that draws every target's start in turn. ``iterations`` overrides the
     config's budget (milestones scale with it). ``max_batch`` bounds how many attacks share one
     computation (default: :func:`default_max_batch`); on CUDA out-of-memory the chunk is halved and
-    retried. Neither changes the results: the attacks are independent.
+    retried. Neither changes the results beyond the rounding of batched kernels: the attacks are
+    independent.
 
     The model runs in eval mode with the dtype and device of its parameters.
     """
@@ -373,7 +375,7 @@ def reconstruct(
                                        f"{config.name} attacks {chunk.start}-{chunk.stop - 1}")
             if max_batch is None:
                 max_batch = default_max_batch(sum(p.numel() for p in parameters.values()), device)
-            trials = _in_chunks(run, initial.shape[0], initial.shape[0] if max_batch is None else max_batch)
+            trials = _in_chunks(run, initial.shape[0], max_batch)
 
     scores = trials.final_cost.reshape(targets_count, restarts)
     best = torch.where(torch.isfinite(scores), scores, torch.inf).argmin(dim=1)

@@ -2,8 +2,8 @@
 
 The scoring and attack stages size their batches from a memory budget, but a GPU shared with other
 jobs, or a model larger than the budget assumed, can still run out. Both stages then retry the same
-work with half the batch: their results do not depend on the batch size (independent samples), so
-only the speed changes, and the log says why.
+work with half the batch: their samples are independent, so the batch size changes results only
+by the rounding of batched kernels, the speed changes, and the log says why.
 """
 
 from __future__ import annotations

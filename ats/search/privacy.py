@@ -313,9 +313,9 @@ def _conv_route(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int
       U the padded input positions; cheaper than ``columns`` at stride 1, dearer at stride 2).
 
     T = output positions. Measured on a 2-core CPU (84–168 samples), this picks the fastest route
-    for every conv of ResNet20, ResNet20-4 and the ConvNets; the Gram routes win where positions
-    are few (ResNet's last stage), where per-sample grouped kernels run far below the speed of an
-    ordinary convolution.
+    for every conv of ResNet20 and ResNet20-4 (the ConvNets were not measured). The Gram routes win
+    where positions are few (ResNet's last stage): there per-sample grouped kernels run far below
+    the speed of an ordinary convolution.
     """
     out_channels, in_channels, kernel_h, kernel_w = conv.weight.shape
     positions = output_hw[0] * output_hw[1]
