@@ -41,9 +41,10 @@ from ats.attack.reconstruct import observed_gradients, reconstruct
 from ats.case.models import build_model
 from ats.policies import parse_policy
 from ats.runtime.atomic import write_json
+from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import derive_seed, torch_generator
 from ats.search.accuracy import accuracy_score
-from ats.search.privacy import interpolation_path, privacy_curves
+from ats.search.privacy import default_chunk_size, interpolation_path, privacy_curves
 from ats.transforms.pipeline import AugmentationDraw, Preprocessor, sample_draw
 from benchmarks import reference
 
@@ -240,8 +241,10 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
     path = sizes.bins + 1
     points = interpolation_path(images, noise, sizes.bins)
     point_labels = labels.repeat_interleave(path)
+    # Sized once, as score_shard does for a whole shard of policies.
+    chunk_size = default_chunk_size(model, IMAGE_SHAPE)
     measured = time_alternating({
-        "library": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins),
+        "library": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins, chunk_size=chunk_size),
         "reference": lambda: reference.privacy_scores(model, images, labels, noise, bins=sizes.bins),
         "floor": lambda: reference.batched_forward_backward(model, points, point_labels),
     }, device, sizes.rounds, warmups={
@@ -600,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if arguments.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device")
     threads = arguments.threads if arguments.threads is not None else (1 if arguments.quick else None)
+    # As in the workflow's stages, for every side of every ratio alike.
+    retain_freed_host_memory()
     with torch_threads(threads):
         return _run(arguments, torch.device(arguments.device))
 

@@ -28,6 +28,7 @@ from ats.defence.gradient import GradientDefence
 from ats.defence.names import parse_defence
 from ats.policies import parse_policy
 from ats.runtime.device import resolve_device
+from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import derive_seed, seed_everything
 from ats.transforms.pipeline import Preprocessor, draw_per_sample
 
@@ -70,6 +71,7 @@ def attack_defence(
         )
     seed_everything(seed)
     torch_device = resolve_device(device)
+    retain_freed_host_memory()
     model = load_model(checkpoint, arch, data.spec.num_classes, data.spec.channels,
                        expected_fingerprint=model_fingerprint).to(torch_device)
     mean, std = normalisation_constants(data.spec.name, normalisation)

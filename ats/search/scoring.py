@@ -196,7 +196,7 @@ def score_shard(
     from ats.policies import parse_policy
     from ats.runtime.device import resolve_device
     from ats.runtime.logs import progress
-    from ats.runtime.memory import halving_on_cuda_oom
+    from ats.runtime.memory import halving_on_cuda_oom, retain_freed_host_memory
     from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
     from ats.search.accuracy import input_jacobians, score_from_jacobian
     from ats.search.eval_set import load_eval_set
@@ -214,6 +214,7 @@ def score_shard(
     image_size = eval_set.privacy_images.shape[1]
 
     torch_device = resolve_device(device)
+    retain_freed_host_memory()
     seed_everything(seed)
     untrained = build_model(arch, spec.num_classes, spec.channels).to(torch_device).eval()
     trained = load_model(search_checkpoint, arch, spec.num_classes, spec.channels,

@@ -41,6 +41,7 @@ from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.device import resolve_device
 from ats.runtime.fingerprint import fingerprint as fingerprint_of
 from ats.runtime.logs import progress
+from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import seed_everything, torch_generator
 from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
 from ats.transforms.pipeline import Preprocessor, sample_draw
@@ -315,6 +316,7 @@ def train_stage(
                          f"test_images ({test_images}) must be positive")
     defence_spec = parse_defence(defence)
     torch_device = resolve_device(device)
+    retain_freed_host_memory()
     acceleration = _Acceleration.for_device(torch_device, amp, compile)
     data = load_dataset(dataset_h5)
     mean, std = normalisation_constants(data.spec.name, normalisation)
