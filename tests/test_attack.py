@@ -195,16 +195,31 @@ def test_chunking_does_not_change_results_and_cuda_oom_halves_the_chunk(monkeypa
     assert torch.allclose(whole.cost_history, chunked.cost_history, atol=1e-9)
 
 
+def test_chunks_are_evened_out(monkeypatch) -> None:
+    """5 attacks at most 4 at once run as 3 + 2, not 4 + 1."""
+    model, images, labels, observed = attack_case(5)
+    original = reconstruct_module._attack_jointly
+    sizes = []
+
+    def record(objective, initial, *args, **kwargs):
+        sizes.append(initial.shape[0])
+        return original(objective, initial, *args, **kwargs)
+
+    monkeypatch.setattr(reconstruct_module, "_attack_jointly", record)
+    reconstruct(model, observed, labels, get_attack("inversed"), (3, 16, 16), MEAN, STD, generators(5), 2, max_batch=4)
+    assert sizes == [3, 2]
+
+
 def test_default_chunk_is_sized_by_the_model_on_cpu_and_unbounded_on_gpu() -> None:
-    """On the CPU a chunk's per-attack gradients stay near 2**25 floats; a GPU takes every attack at once."""
+    """On the CPU a chunk's per-attack gradients stay near 2**27 floats; a GPU takes every attack at once."""
     from ats.case.models import build_model
 
     def count(arch: str) -> int:
         return sum(p.numel() for p in attacked_parameters(build_model(arch, 100, 3)).values())
 
     assert count("ResNet20-4") == 4_350_884
-    assert reconstruct_module.default_max_batch(count("ResNet20-4"), torch.device("cpu")) == 7
-    assert reconstruct_module.default_max_batch(count("ResNet20"), torch.device("cpu")) == 120
+    assert reconstruct_module.default_max_batch(count("ResNet20-4"), torch.device("cpu")) == 30
+    assert reconstruct_module.default_max_batch(count("ResNet20"), torch.device("cpu")) == 482
     assert reconstruct_module.default_max_batch(1 << 30, torch.device("cpu")) == 1
     assert reconstruct_module.default_max_batch(count("ResNet20-4"), torch.device("cuda")) is None
 

@@ -555,3 +555,33 @@ def test_scores_and_ranking_are_bitwise_reproducible_and_shard_independent(
         _select([tmp_path / folder / "shard-0000.h5"], tmp_path / folder)
     for output in ("ranking.tsv", "selection.json"):
         assert (tmp_path / "first" / output).read_bytes() == (tmp_path / "second" / output).read_bytes()
+
+
+_REFAULT_PROBE = """
+import resource, sys, torch
+from ats.runtime.memory import retain_freed_host_memory
+applied = retain_freed_host_memory() if sys.argv[1] == "retain" else False
+torch.set_num_threads(1)
+conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+def step():  # 64 MiB tensors, above glibc's largest default mmap threshold (32 MiB)
+    x = torch.randn(256, 16, 64, 64, requires_grad=True)
+    conv(x).square().sum().backward()
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc tuning")
+def test_stages_reuse_freed_host_memory_instead_of_faulting_it_in_again() -> None:
+    """Repeated large CPU passes reuse freed memory: a small fraction of the page faults of glibc's default."""
+    def probe(mode: str) -> tuple[str, int]:
+        applied, faults = subprocess.run([sys.executable, "-c", _REFAULT_PROBE, mode], capture_output=True,
+                                         text=True, check=True).stdout.split()
+        return applied, int(faults)
+
+    retained, default = probe("retain"), probe("default")
+    assert retained[0] == "True" and default[0] == "False"
+    assert retained[1] * 5 < default[1], (retained, default)  # measured: 49 000 against 639 000

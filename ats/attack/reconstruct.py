@@ -46,8 +46,8 @@ from ats.runtime.memory import halving_on_cuda_oom
 
 logger = logging.getLogger(__name__)
 
-#: Per-attack gradient floats per chunk on the CPU (128 MiB in float32), see :func:`default_max_batch`.
-_CPU_ATTACK_GRADIENT_FLOATS = 1 << 25
+#: Per-attack gradient floats per chunk on the CPU (512 MiB in float32), see :func:`default_max_batch`.
+_CPU_ATTACK_GRADIENT_FLOATS = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -246,13 +246,15 @@ def _attack_lbfgs(objective: _Objective, initial: torch.Tensor, targets: list[to
 
 
 def _in_chunks(run: Callable[[slice], _Trials], count: int, max_batch: int | None) -> _Trials:
-    """Run attacks ``[0, count)`` in chunks of at most ``max_batch`` (``None``: all at once); halve
-    the chunk on CUDA OOM.
+    """Run attacks ``[0, count)`` in the fewest chunks of at most ``max_batch`` (``None``: all at
+    once), each of ⌈count / chunks⌉ but the last; halve the chunk on CUDA OOM.
 
     Chunks are independent attacks, so the chunk size changes results only by the rounding of
-    batched kernels.
+    batched kernels. Evening the chunks out (32 attacks at most 30 at once: 16 + 16, not 30 + 2)
+    keeps every computation large.
     """
-    chunk = count if max_batch is None else max(1, min(max_batch, count))
+    chunks = 1 if max_batch is None else -(-count // max(1, max_batch))
+    chunk = -(-count // chunks)
     parts: list[_Trials] = []
     start = 0
     while start < count:
@@ -268,11 +270,11 @@ def default_max_batch(parameter_count: int, device: torch.device) -> int | None:
     """How many attacks share one computation when the caller does not say (``None``: all).
 
     On the CPU the double backward materialises every attack's parameter gradient and several
-    same-sized intermediates; beyond about :data:`_CPU_ATTACK_GRADIENT_FLOATS` gradient floats per
-    chunk it is limited by memory traffic, and larger batches run slower per attack than small
-    ones (measured in docs/benchmarks.md): ResNet20-4 (4.35 M parameters) gets 7 attacks per
-    chunk, ResNet20 (0.28 M) 120. On a GPU, all at once (a CUDA out-of-memory
-    error halves the chunk).
+    same-sized intermediates, so a chunk's per-attack gradients are kept near
+    :data:`_CPU_ATTACK_GRADIENT_FLOATS` (a few GiB of peak memory in all): ResNet20-4 (4.35 M
+    parameters) gets 30 attacks per chunk, ResNet20 (0.28 M) 482. Larger chunks are not slower per
+    attack once the stage keeps freed memory (:func:`ats.runtime.memory.retain_freed_host_memory`;
+    docs/benchmarks.md). On a GPU, all at once (a CUDA out-of-memory error halves the chunk).
     """
     if device.type != "cpu":
         return None

@@ -34,7 +34,7 @@ but materialises every per-sample gradient at once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -51,8 +51,11 @@ GRADIENT_METHODS: tuple[str, ...] = ("auto", "layerwise", "vmap")
 _CHUNK_MEMORY_BUDGET_BYTES = {"cpu": 3 << 29, "cuda": 8 << 30}
 _MAX_DEFAULT_CHUNK_POINTS = {"cpu": 256, "cuda": 4096}
 _MIN_GROUPED_CHANNELS = 8  # input channels below which a conv's per-sample gradient uses im2col + bmm
-_GROUPED_BLOCK_CHANNELS = 32  # input and output channels per block of the grouped per-sample gradient
-_GRAM_ROUTE_PENALTY = 2  # how much dearer a Gram-route multiply-add is than a materialising one (_conv_route)
+# _conv_route's cost model, in multiply-adds: writing a materialised per-sample gradient entry and
+# reading it back (memory-bound) costs about as much as 20; a multiply-add of the Gram routes' many
+# small batched matrix products about 2 of the grouped weight-gradient kernel's.
+_MATERIALISED_ENTRY_COST = 20
+_GRAM_ROUTE_PENALTY = 2
 
 
 def uniform_noise(
@@ -236,23 +239,16 @@ def _mean_cosine(stats: GradientStats) -> Tensor:
     return _cosine(dots, norms_sq).mean(dim=0)
 
 
-def _materialised_stats(per_sample: Tensor | Iterable[Tensor], points: int) -> tuple[Tensor, Tensor]:
+def _materialised_stats(per_sample: Tensor, points: int) -> tuple[Tensor, Tensor]:
     """Dot products with the reference and squared norms of per-sample gradients (M, ...).
 
-    ``per_sample`` may also come as pieces (M, ...) that together hold every entry once, e.g. the
-    channel blocks of a convolution's gradient: only inner products are taken, so their order and
-    layout are irrelevant. ``torch.linalg.vecdot`` reads each gradient once per statistic with a
-    fused, pairwise-summed reduction: 2–3× faster than a points × points Gram matrix product, and
-    ~1e-7 relative error where a float32 matrix product over the ~10⁵ entries of a large layer
-    loses ~1e-6–1e-5.
+    Fused reductions that read each gradient once per statistic (``vector_norm``, and ``vecdot``
+    with the image's reference broadcast): 3–4× faster on a 2-core CPU than each image's
+    points × points Gram matrix product, with pairwise summation (~1e-6 relative error, where a
+    float32 matrix product over the ~10⁵ entries of a large layer loses ~1e-5).
     """
-    dot = norm_sq = None
-    for piece in [per_sample] if isinstance(per_sample, Tensor) else per_sample:
-        rows = piece.reshape(-1, points, piece[0].numel())
-        piece_dot, piece_norm_sq = torch.linalg.vecdot(rows, rows[:, -1:]), torch.linalg.vecdot(rows, rows)
-        dot = piece_dot if dot is None else dot.add_(piece_dot)
-        norm_sq = piece_norm_sq if norm_sq is None else norm_sq.add_(piece_norm_sq)
-    return dot, norm_sq
+    rows = per_sample.reshape(-1, points, per_sample[0].numel())
+    return torch.linalg.vecdot(rows, rows[:, -1:]), torch.linalg.vector_norm(rows, dim=-1).square()
 
 
 def _row_grams(rows: Tensor, points: int) -> tuple[Tensor, Tensor]:
@@ -308,27 +304,26 @@ def _shifted_receptive_field_grams(conv: nn.Conv2d, layer_input: Tensor, output_
     return grams[0], grams[1]
 
 
-def _conv_route(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int], points: int) -> str:
+def _conv_route(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> str:
     """How to get a conv's per-sample statistics: the cheapest of three, by multiply-adds per sample.
 
-    * ``materialise``: form each sample's weight gradient (T·out·in·k² operations), then the Gram
-      matrix of an image's ``points`` gradients (points·out·in·k²);
+    * ``materialise``: form each sample's weight gradient (T·out·in·k² operations, plus the cost of
+      storing and reading its out·in·k² entries);
     * ``columns``: Gram matrices of the im2col columns (2 Grams of T²·(out + in·k²));
     * ``shifted``: Gram matrices from the padded input positions (2 Grams of U²·in + T²·out, with
       U the padded input positions; cheaper than ``columns`` at stride 1, dearer at stride 2).
 
-    T = output positions. The Gram routes count double: their many small batched matrix products
-    run at about half the rate of the blocked grouped kernels of :func:`_grouped_weight_gradients`.
-    Measured on a 2-core CPU (84–168 samples), this picks the fastest route for every conv of
-    ResNet20 and ResNet20-4 (the ConvNets were not measured). The Gram routes win only where
-    positions are few and channels many (ResNet20-4's last stage).
+    T = output positions; the weights are the constants above. Measured on a 2-core CPU (84–168
+    samples), this picks the fastest route for every conv of ResNet20 and ResNet20-4 (the ConvNets
+    were not measured). The Gram routes win only where positions are few and channels many
+    (ResNet20-4's last stage).
     """
     out_channels, in_channels, kernel_h, kernel_w = conv.weight.shape
     positions = output_hw[0] * output_hw[1]
     padded_positions = (input_hw[0] + 2 * conv.padding[0]) * (input_hw[1] + 2 * conv.padding[1])
     columns = in_channels * kernel_h * kernel_w
     costs = {
-        "materialise": (positions + points) * out_channels * columns,
+        "materialise": (positions + _MATERIALISED_ENTRY_COST) * out_channels * columns,
         "columns": _GRAM_ROUTE_PENALTY * 2 * positions**2 * (out_channels + columns),
         "shifted": _GRAM_ROUTE_PENALTY * 2 * (padded_positions**2 * in_channels + positions**2 * out_channels),
     }
@@ -381,34 +376,13 @@ def _conv_columns(conv: nn.Conv2d, layer_input: Tensor) -> Tensor:
     return windows.permute(0, 1, 2, 4, 5, 3).reshape(samples, rows * cols, -1)
 
 
-def _grouped_weight_gradients(conv: nn.Conv2d, layer_input: Tensor, output_grad: Tensor) -> Iterator[Tensor]:
-    """Every sample's weight gradient, in blocks of at most 32 input × 32 output channels.
-
-    Samples become groups of one grouped weight-gradient convolution. oneDNN's grouped kernels
-    slow down sharply with more channels per group: on a 2-core AVX-512 CPU, 32 × 32 blocks ran
-    ResNet20-4's 128- and 256-channel convolutions 2–4× faster than whole ones (84–168 samples),
-    and were never far behind the best block shape for any ResNet convolution.
-    """
-    samples, _, height, width = layer_input.shape
-    kernel_h, kernel_w = conv.kernel_size
-    # Each block is copied once into the (1, samples·channels, H, W) layout the kernel needs.
-    input_blocks = [block.reshape(1, -1, height, width) for block in layer_input.split(_GROUPED_BLOCK_CHANNELS, dim=1)]
-    for grad_block in output_grad.split(_GROUPED_BLOCK_CHANNELS, dim=1):
-        grad_columns = grad_block.reshape(1, -1, *grad_block.shape[2:])
-        for input_block in input_blocks:
-            yield torch.nn.grad.conv2d_weight(
-                input_block, (grad_columns.shape[1], input_block.shape[1] // samples, kernel_h, kernel_w),
-                grad_columns, conv.stride, conv.padding, conv.dilation, groups=samples,
-            ).reshape(samples, -1)
-
-
 def _layer_stats(module: nn.Module, layer_input: Tensor, output_grad: Tensor, points: int
                  ) -> Iterator[tuple[Tensor, Tensor]]:
     """(dot, squared norm) of the per-sample gradient of each parameter tensor of ``module``."""
     samples = layer_input.shape[0]
     if isinstance(module, nn.Conv2d):
         output_hw = (output_grad.shape[2], output_grad.shape[3])
-        route = _conv_route(module, (layer_input.shape[2], layer_input.shape[3]), output_hw, points)
+        route = _conv_route(module, (layer_input.shape[2], layer_input.shape[3]), output_hw)
         if route != "materialise":
             input_grams = (_shifted_receptive_field_grams(module, layer_input, output_hw, points) if route == "shifted"
                            else _row_grams(_conv_columns(module, layer_input), points))
@@ -418,7 +392,15 @@ def _layer_stats(module: nn.Module, layer_input: Tensor, output_grad: Tensor, po
             # group fall back to a scalar implementation (40× slower on CPU).
             yield _materialised_stats(torch.bmm(output_grad.flatten(2), _conv_columns(module, layer_input)), points)
         else:
-            yield _materialised_stats(_grouped_weight_gradients(module, layer_input, output_grad), points)
+            # Samples as groups: one grouped weight-gradient convolution gives every sample's gradient.
+            out_channels, in_channels, kernel_h, kernel_w = module.weight.shape
+            per_sample = torch.nn.grad.conv2d_weight(
+                layer_input.reshape(1, samples * in_channels, *layer_input.shape[2:]),
+                (samples * out_channels, in_channels, kernel_h, kernel_w),
+                output_grad.reshape(1, samples * out_channels, *output_grad.shape[2:]),
+                module.stride, module.padding, module.dilation, groups=samples,
+            )
+            yield _materialised_stats(per_sample.reshape(samples, -1), points)
         if module.bias is not None:
             yield _materialised_stats(output_grad.sum(dim=(2, 3)), points)
     elif isinstance(module, nn.Linear):
