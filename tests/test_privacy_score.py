@@ -35,7 +35,8 @@ def _randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> nn.M
 def tiny_convnet(seed: int = 0, channels: int = 3) -> nn.Module:
     """Covers the layerwise engine's layers: a first conv with few input channels (im2col), a conv
     with many spatial positions (grouped per-sample gradient), a strided dilated conv with padding,
-    BatchNorm with in-place ReLU after it, conv biases and a linear layer (Gram matrices).
+    BatchNorm with in-place ReLU after it, conv biases and a linear layer (Gram matrices). Its three
+    conv–BatchNorm pairs run folded (``test_folding_leaves_the_model_as_it_was``).
     ``test_every_conv_route_matches_the_naive_implementation`` sends the convs through each route."""
     torch.manual_seed(seed)
     model = nn.Sequential(
@@ -123,7 +124,7 @@ def test_every_conv_route_matches_the_naive_implementation(route: str, naive_res
     monkeypatch.setattr(privacy, "_conv_route", forced_route)
     model, inputs, naive_scores, naive_curves = naive_results[torch.float64]
     scores, curves = privacy_curves(model, *inputs, bins=BINS, method="layerwise")
-    assert len(asked) == 3
+    assert len(set(map(id, asked))) == 3
     assert torch.allclose(curves, naive_curves, atol=1e-10, rtol=0)
     assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
 
@@ -191,6 +192,51 @@ def test_auto_uses_vmap_for_layers_the_layerwise_engine_does_not_know() -> None:
     assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="GroupNorm|1.weight"):
         privacy_curves(model, images, labels, noise, bins=BINS, method="layerwise")
+
+
+@pytest.mark.parametrize(("arch", "pairs"), [("ResNet20", 21), ("ConvNet8", 8)])
+def test_every_conv_batch_norm_pair_of_the_victim_models_is_folded(arch: str, pairs: int) -> None:
+    from ats.case.models import build_model
+
+    model = build_model(arch, NUM_CLASSES, 3).eval()
+    found = privacy._conv_batch_norm_pairs(model)
+    assert len(found) == pairs
+    assert all(isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) for conv, norm in found)
+
+
+def test_a_conv_whose_output_is_read_twice_is_not_folded() -> None:
+    """The second conv's output feeds its BatchNorm and a skip connection, so ∂L/∂z ≠ s·∂L/∂y."""
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, NUM_CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu(self.bn1(self.conv1(x)))
+            skip = self.conv2(hidden)
+            return self.fc((torch.relu(self.bn2(skip)) + skip).mean(dim=(2, 3)))
+
+    torch.manual_seed(3)
+    model = _randomise_batch_norms(Skip(), torch.Generator().manual_seed(3)).double().eval()
+    assert privacy._conv_batch_norm_pairs(model) == [(model.conv1, model.bn1)]
+    images, labels, noise = _inputs(2, torch.float64)
+    scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, method="layerwise")
+    naive_scores, naive_curves = _naive(model, images, labels, noise)
+    assert torch.allclose(curves, naive_curves, atol=1e-10, rtol=0)
+    assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
+
+
+def test_folding_leaves_the_model_as_it_was(naive_results) -> None:
+    model, inputs, _, _ = naive_results[torch.float64]
+    assert len(privacy._conv_batch_norm_pairs(model)) == 3
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    before = model(inputs[0])
+    privacy_curves(model, *inputs, bins=BINS, method="layerwise")
+    assert not any("forward" in vars(module) for module in model.modules())
+    assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
+    assert torch.equal(model(inputs[0]), before)
 
 
 def test_a_layer_called_twice_is_refused_by_the_layerwise_engine() -> None:
