@@ -120,7 +120,7 @@ class Sizes:
 
 
 SIZES: dict[str, Sizes] = {
-    "cpu": Sizes(rounds=3, spri_images={"ResNet20": 8, "ResNet20-4": 4}, bins=20,
+    "cpu": Sizes(rounds=5, spri_images={"ResNet20": 8, "ResNet20-4": 4}, bins=20,
                  attack_archs=("ResNet20-4", "ResNet20"), attack_batch=32, attack_iterations=2,
                  attack_check_targets=4, augment_images=2048,
                  augment_workers=min(4, len(os.sched_getaffinity(0))),
