@@ -25,7 +25,8 @@ output gradient; the per-sample weight gradient of a conv/linear layer is a prod
 its norm and its dot product with the reference follow either from materialising it with one
 grouped convolution (cheap when there are many spatial positions T) or from T×T Gram matrices
 without materialising it (cheap when T is small, e.g. ResNet's last stage and the classifier);
-:func:`_conv_route` picks by operation count.
+:func:`_conv_route` picks by operation count. A conv whose output only a BatchNorm reads runs folded
+with it into one conv for the pass (:class:`_FoldedConvBatchNorm`).
 
 ``vmap`` (general): ``torch.func.vmap(grad(...))`` over the samples, which handles any module type
 but materialises every per-sample gradient at once.
