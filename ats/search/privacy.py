@@ -384,23 +384,30 @@ def _conv_output_hw(conv: nn.Conv2d, input_hw: Sequence[int]) -> tuple[int, int]
                  for size, pad, dilation, kernel, stride in sizes)  # type: ignore[return-value]
 
 
-def _conv_per_sample_gradients(conv: nn.Conv2d, layer_input: Tensor, output_grad: Tensor) -> tuple[Tensor, Tensor]:
-    """Every sample's weight gradient (M, out, D) and the conv's weight laid out like it (out, D)."""
+def _conv_per_sample_gradients(conv: nn.Conv2d, layer_input: Tensor, output_grad: Tensor
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Every sample's weight gradient (M, out, D), the conv's weight laid out like it (out, D), and
+    every sample's output gradient summed over positions (M, out), its bias gradient."""
     samples = layer_input.shape[0]
     out_channels, in_channels, kernel_h, kernel_w = conv.weight.shape
     if in_channels < _MIN_GROUPED_CHANNELS:
         # A first layer: its columns are small, and grouped kernels with so few channels per group
         # fall back to a scalar implementation (40× slower on CPU).
         per_sample = torch.bmm(output_grad.flatten(2), _conv_columns(conv, layer_input))
-        return per_sample, conv.weight.permute(0, 2, 3, 1).reshape(out_channels, -1)
-    # Samples as groups: one grouped weight-gradient convolution gives every sample's gradient.
-    per_sample = torch.nn.grad.conv2d_weight(
-        layer_input.reshape(1, samples * in_channels, *layer_input.shape[2:]),
-        (samples * out_channels, in_channels, kernel_h, kernel_w),
+        return (per_sample, conv.weight.permute(0, 2, 3, 1).reshape(out_channels, -1),
+                output_grad.sum(dim=(2, 3)))
+    # Samples as groups: one grouped weight-gradient convolution gives every sample's gradient, and
+    # its bias gradient sums the output gradient while reading it (0.5–0.9 ms less per ResNet20
+    # conv on a 2-core CPU than a separate sum). The weight only lends its shape.
+    grouped_shape = (samples * out_channels, in_channels, kernel_h, kernel_w)
+    _, per_sample, grad_sums = torch.ops.aten.convolution_backward(
         output_grad.reshape(1, samples * out_channels, *output_grad.shape[2:]),
-        conv.stride, conv.padding, conv.dilation, groups=samples,
+        layer_input.reshape(1, samples * in_channels, *layer_input.shape[2:]),
+        output_grad.new_empty(1).expand(grouped_shape), [samples * out_channels],
+        conv.stride, conv.padding, conv.dilation, False, [0, 0], samples, [False, True, True],
     )
-    return per_sample.reshape(samples, out_channels, -1), conv.weight.reshape(out_channels, -1)
+    return (per_sample.reshape(samples, out_channels, -1), conv.weight.reshape(out_channels, -1),
+            grad_sums.reshape(samples, out_channels))
 
 
 def _conv_weight_stats(conv: nn.Conv2d, layer_input: Tensor, output_grad: Tensor, points: int
@@ -490,9 +497,8 @@ class _FoldedConvBatchNorm:
         """(dot, squared norm) of the conv's weight (and bias), then the BatchNorm's γ and β."""
         conv, norm = self.conv, self.norm
         scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        grad_sums = output_grad.sum(dim=(2, 3))
         if self.pre_norm_output is None:
-            per_sample, weight = _conv_per_sample_gradients(conv, layer_input, output_grad)
+            per_sample, weight, grad_sums = _conv_per_sample_gradients(conv, layer_input, output_grad)
             by_image = per_sample.reshape(-1, points, *per_sample.shape[1:])
             channel_dots = torch.linalg.vecdot(by_image, by_image[:, -1:])
             channel_norms_sq = torch.linalg.vector_norm(by_image, dim=-1).square()
@@ -501,6 +507,7 @@ class _FoldedConvBatchNorm:
             centred_dot = torch.addcmul(torch.linalg.vecdot(per_sample, weight), shift, grad_sums)
         else:
             yield _conv_weight_stats(conv, layer_input, output_grad * scale.view(1, -1, 1, 1), points)
+            grad_sums = output_grad.sum(dim=(2, 3))
             grad_rows, pre_norm_rows = output_grad.flatten(2), self.pre_norm_output.detach().flatten(2)
             centred_dot = torch.addcmul(torch.linalg.vecdot(grad_rows, pre_norm_rows), norm.running_mean, grad_sums,
                                         value=-1)
