@@ -480,6 +480,12 @@ class _FoldedConvBatchNorm:
         self.conv, self.norm = conv, norm
         self.pre_norm_output: Tensor | None = None  # z, when the last forward ran unfolded
 
+    def _scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """s = γ/σ per output channel, and b − μ (the conv bias minus the running mean)."""
+        conv, norm = self.conv, self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        return scale, (conv.bias - norm.running_mean if conv.bias is not None else -norm.running_mean)
+
     def forward(self, layer_input: Tensor) -> Tensor:
         """Replaces ``conv.forward`` during the pass (the BatchNorm's forward is the identity then)."""
         conv, norm = self.conv, self.norm
@@ -489,30 +495,25 @@ class _FoldedConvBatchNorm:
             return F.batch_norm(self.pre_norm_output, norm.running_mean, norm.running_var, norm.weight, norm.bias,
                                 False, 0.0, norm.eps)
         self.pre_norm_output = None
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        shift = conv.bias - norm.running_mean if conv.bias is not None else -norm.running_mean
+        scale, shift = self._scale_and_shift()
         return conv._conv_forward(layer_input, conv.weight * scale.view(-1, 1, 1, 1), torch.addcmul(norm.bias, shift, scale))
 
     def stats(self, layer_input: Tensor, output_grad: Tensor, points: int) -> Iterator[tuple[Tensor, Tensor]]:
         """(dot, squared norm) of the conv's weight (and bias), then the BatchNorm's γ and β."""
         conv, norm = self.conv, self.norm
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        if self.pre_norm_output is None:
-            per_sample, weight, grad_sums = _conv_per_sample_gradients(conv, layer_input, output_grad)
-            by_image = per_sample.reshape(-1, points, *per_sample.shape[1:])
-            channel_dots = torch.linalg.vecdot(by_image, by_image[:, -1:])
-            channel_norms_sq = torch.linalg.vector_norm(by_image, dim=-1).square()
-            yield channel_dots @ scale.square(), channel_norms_sq @ scale.square()
-            shift = conv.bias - norm.running_mean if conv.bias is not None else -norm.running_mean
-            centred_dot = torch.addcmul(torch.linalg.vecdot(per_sample, weight), shift, grad_sums)
-        else:
-            yield _conv_weight_stats(conv, layer_input, output_grad * scale.view(1, -1, 1, 1), points)
-            grad_sums = output_grad.sum(dim=(2, 3))
-            grad_rows, pre_norm_rows = output_grad.flatten(2), self.pre_norm_output.detach().flatten(2)
-            centred_dot = torch.addcmul(torch.linalg.vecdot(grad_rows, pre_norm_rows), norm.running_mean, grad_sums,
-                                        value=-1)
+        scale, shift = self._scale_and_shift()
+        if self.pre_norm_output is not None:  # ran unfolded: the two layers' own statistics
+            yield from _layer_stats(conv, layer_input, output_grad * scale.view(1, -1, 1, 1), points)
+            yield from _layer_stats(norm, self.pre_norm_output.detach(), output_grad, points)
+            return
+        per_sample, weight, grad_sums = _conv_per_sample_gradients(conv, layer_input, output_grad)
+        by_image = per_sample.reshape(-1, points, *per_sample.shape[1:])
+        channel_dots = torch.linalg.vecdot(by_image, by_image[:, -1:])
+        channel_norms_sq = torch.linalg.vector_norm(by_image, dim=-1).square()
+        yield channel_dots @ scale.square(), channel_norms_sq @ scale.square()
         if conv.bias is not None:
             yield _materialised_stats(grad_sums * scale, points)
+        centred_dot = torch.addcmul(torch.linalg.vecdot(per_sample, weight), shift, grad_sums)
         yield from _batch_norm_stats(norm, centred_dot, grad_sums, points)
 
 
