@@ -176,8 +176,8 @@ def time_alternating(functions: dict[str, Callable[[], Any]], device: torch.devi
     """Warm every function up, then time ``rounds`` rounds that call each function in turn.
 
     The warm-up (``warmup_calls`` calls of ``warmups[name]``, a cheaper version of the same work
-    with the same tensor shapes, or else of the function itself) pays for one-off costs: allocator growth, oneDNN primitive
-    creation, CUDA kernel loading and cuDNN autotuning. Alternating (rather than timing all rounds
+    with the same tensor shapes, or else of the function itself) pays for one-off costs: allocator
+    growth, oneDNN primitive creation, CUDA kernel loading and cuDNN autotuning. Alternating (rather than timing all rounds
     of one function, then the next) spreads load from other processes over both sides of a ratio.
     """
     for _ in range(warmup_calls):
@@ -461,8 +461,10 @@ def bench_policy(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     noise = _normalised_images(count, device, "policy-noise")
     accuracy_images = _normalised_images(sizes.accuracy_batch, device, "policy-accuracy")
 
+    chunk_size = default_chunk_size(model, IMAGE_SHAPE)  # once per shard in score_shard
     privacy = time_alternating(
-        {"privacy": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins)}, device, 1)
+        {"privacy": lambda: privacy_curves(model, images, labels, noise, bins=sizes.bins, chunk_size=chunk_size)},
+        device, 1)
     accuracy = time_alternating(
         {"accuracy": lambda: accuracy_score(model, accuracy_images)}, device, sizes.policy_accuracy_runs)
     seconds = (PAPER_PRIVACY_IMAGES * privacy.seconds("privacy") / count

@@ -412,16 +412,22 @@ def _conv_per_sample_gradients(conv: nn.Conv2d, layer_input: Tensor, output_grad
             grad_sums.reshape(samples, out_channels))
 
 
-def _conv_weight_stats(conv: nn.Conv2d, layer_input: Tensor, output_grad: Tensor, points: int
-                       ) -> tuple[Tensor, Tensor]:
-    """(dot, squared norm) of the per-sample weight gradients of a conv, by :func:`_conv_route`."""
+def _conv_stats(conv: nn.Conv2d, layer_input: Tensor, output_grad: Tensor, points: int
+                ) -> Iterator[tuple[Tensor, Tensor]]:
+    """(dot, squared norm) of a conv's per-sample weight gradients, by :func:`_conv_route`, then of
+    its bias gradients (the output gradient summed over positions)."""
     output_hw = (output_grad.shape[2], output_grad.shape[3])
     route = _conv_route(conv, (layer_input.shape[2], layer_input.shape[3]), output_hw)
     if route == "materialise":
-        return _materialised_stats(_conv_per_sample_gradients(conv, layer_input, output_grad)[0], points)
-    input_grams = (_shifted_receptive_field_grams(conv, layer_input, output_hw, points) if route == "shifted"
-                   else _row_grams(_conv_columns(conv, layer_input), points))
-    return _gram_stats(output_grad.flatten(2).transpose(1, 2), input_grams, points)
+        per_sample, _, grad_sums = _conv_per_sample_gradients(conv, layer_input, output_grad)
+        yield _materialised_stats(per_sample, points)
+    else:
+        input_grams = (_shifted_receptive_field_grams(conv, layer_input, output_hw, points) if route == "shifted"
+                       else _row_grams(_conv_columns(conv, layer_input), points))
+        yield _gram_stats(output_grad.flatten(2).transpose(1, 2), input_grams, points)
+        grad_sums = None if conv.bias is None else output_grad.sum(dim=(2, 3))
+    if conv.bias is not None:
+        yield _materialised_stats(grad_sums, points)
 
 
 def _batch_norm_stats(norm: nn.Module, centred_dot: Tensor | None, grad_sums: Tensor, points: int
@@ -441,9 +447,7 @@ def _layer_stats(module: nn.Module, layer_input: Tensor, output_grad: Tensor, po
     """(dot, squared norm) of the per-sample gradient of each parameter tensor of ``module``."""
     samples = layer_input.shape[0]
     if isinstance(module, nn.Conv2d):
-        yield _conv_weight_stats(module, layer_input, output_grad, points)
-        if module.bias is not None:
-            yield _materialised_stats(output_grad.sum(dim=(2, 3)), points)
+        yield from _conv_stats(module, layer_input, output_grad, points)
     elif isinstance(module, nn.Linear):
         rows_in = layer_input.reshape(samples, -1, module.in_features)
         rows_grad = output_grad.reshape(samples, -1, module.out_features)
@@ -512,7 +516,8 @@ class _FoldedConvBatchNorm:
         by_image = per_sample.reshape(-1, points, *per_sample.shape[1:])
         channel_dots = torch.linalg.vecdot(by_image, by_image[:, -1:])
         channel_norms_sq = torch.linalg.vector_norm(by_image, dim=-1).square()
-        yield channel_dots @ scale.square(), channel_norms_sq @ scale.square()
+        scale_sq = scale.square()
+        yield channel_dots @ scale_sq, channel_norms_sq @ scale_sq
         if conv.bias is not None:
             yield _materialised_stats(grad_sums * scale, points)
         centred_dot = torch.addcmul(torch.linalg.vecdot(per_sample, weight), shift, grad_sums)
