@@ -1,0 +1,28 @@
+# The published figures of the paper setting named by report.published_setting, beside the run's
+# own numbers. With no setting (the demo), the table says so in one row.
+
+
+rule compare_published:
+    input:
+        summary="results/summary.tsv",
+        ranking="results/search/ranking.tsv" if SEARCH_ENABLED else [],
+    output:
+        report(
+            "results/report/published_comparison.tsv",
+            caption="../report/published_comparison.rst",
+            category="Summary",
+            labels={"table": "published figures beside this run"},
+        ),
+    params:
+        setting=config["report"]["published_setting"],
+        dataset=config["dataset"]["name"],
+        arch=config["model"]["arch"],
+    log:
+        "results/logs/compare_published.log",
+    threads: 1
+    script:
+        "../scripts/compare_published.py"
+
+
+localrules:
+    compare_published,
