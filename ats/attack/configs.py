@@ -38,6 +38,12 @@ class AttackConfig:
     optimiser step; ``boxed`` clamps each channel to the normalised image of [0, 1] after it.
     ``iterations`` are optimiser steps (for L-BFGS: outer steps, each of up to 20 evaluations).
     ``momentum``/``nesterov`` apply to SGD only.
+
+    ``policy_aware``: the attacker knows the augmentation policy and mode, and learns the
+    untransformed image together with the unknown draw (:mod:`ats.attack.reconstruct`).
+    ``draw_lr``: the draw's learning rate, in units of each learned quantity's half-range (the crop
+    offset's, and 1 for a relaxed sign) per step, decayed at the same milestones as ``lr``; used by
+    policy-aware configs only.
     """
 
     name: str
@@ -53,6 +59,8 @@ class AttackConfig:
     lr_decay: bool
     momentum: float = 0.0
     nesterov: bool = False
+    policy_aware: bool = False
+    draw_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cost not in ("sim", "l1", "l2"):
@@ -66,6 +74,8 @@ class AttackConfig:
                              f"({self.restarts}) must be >= 1")
         if self.lr <= 0 or self.tv_weight < 0:
             raise ValueError(f"attack {self.name!r}: lr must be > 0 and tv_weight >= 0")
+        if self.policy_aware and (self.optimizer == "lbfgs" or self.draw_lr <= 0):
+            raise ValueError(f"attack {self.name!r}: a policy-aware attack needs Adam or SGD and draw_lr > 0")
 
     @property
     def lr_milestones(self) -> tuple[int, ...]:
@@ -79,8 +89,15 @@ class AttackConfig:
 
     def learning_rate(self, iteration: int) -> float:
         """The learning rate of step ``iteration`` (0-based), i.e. MultiStepLR stepped once per step."""
+        return self.lr * self._decay(iteration)
+
+    def draw_learning_rate(self, iteration: int) -> float:
+        """The draw's learning rate of step ``iteration``: ``draw_lr`` on the same schedule."""
+        return self.draw_lr * self._decay(iteration)
+
+    def _decay(self, iteration: int) -> float:
         decays = sum(1 for milestone in self.lr_milestones if milestone <= iteration)
-        return self.lr * LR_DECAY_FACTOR**decays
+        return LR_DECAY_FACTOR**decays
 
     def with_iterations(self, iterations: int) -> "AttackConfig":
         """The same attack on a smaller (test, demo) or larger budget; milestones scale with it."""
@@ -113,6 +130,13 @@ ATTACKS: dict[str, AttackConfig] = {
     )
 }
 
+#: Attacks that know the policy (``docs/attacks.md``). Kept apart from :data:`ATTACKS`, the
+#: original benchmark's table; :func:`get_attack` knows both.
+POLICY_AWARE_ATTACKS: dict[str, AttackConfig] = {
+    config.name: config
+    for config in (_inverting_gradients("inversed-aware", policy_aware=True, draw_lr=0.01),)
+}
+
 #: The six attacks of the paper's attack-comparison table, by the names used there, as mapped by
 #: the MLRC replication (spec §6.2).
 PAPER_ATTACK_MATRIX: dict[str, str] = {
@@ -126,8 +150,9 @@ PAPER_ATTACK_MATRIX: dict[str, str] = {
 
 
 def get_attack(name: str, iterations: int | None = None) -> AttackConfig:
-    """Look up an attack by name, optionally on another iteration budget."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS)}")
-    config = ATTACKS[name]
+    """Look up an attack (original or policy-aware) by name, optionally on another iteration budget."""
+    known = {**ATTACKS, **POLICY_AWARE_ATTACKS}
+    if name not in known:
+        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(known)}")
+    config = known[name]
     return config if iterations is None else config.with_iterations(iterations)

@@ -26,6 +26,7 @@ image with a finite cost; the other attacks of the batch are unaffected (the ori
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -41,8 +42,18 @@ from ats.attack.objectives import (
     per_sample_gradient_fn,
     total_variation,
 )
+from ats.policies import Policy
 from ats.runtime.logs import progress
 from ats.runtime.memory import halving_on_cuda_oom
+from ats.transforms.differentiable import (
+    RelaxedDraw,
+    centred_crop_offset,
+    differentiable_augment,
+    draw_hypotheses,
+    has_unknown_draw,
+    learned_sign_columns,
+)
+from ats.transforms.pipeline import MIN_CROP_INPUT_SIZE, OUTPUT_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +69,20 @@ class ReconstructionResult:
     of the returned image, without TV (the original's trial score). ``cost_history``: ``(B, T)``
     total cost (matching + TV) before each of the ``T`` steps; entries after a divergence are NaN or
     meaningless. ``diverged``: ``(B,)`` True where the cost became NaN/inf.
+
+    Policy-aware attacks (:func:`reconstruct` with a policy-aware config and a preprocessing that
+    has a random draw): ``images`` are the *untransformed* images x, ``(B, C, S, S)``, and ``draw``
+    is the learned draw θ, a :class:`~ats.transforms.differentiable.RelaxedDraw` of ``B`` rows on
+    the images' device: ``crop_offsets`` ``(B, 2)`` (top, left, real pixels), ``flips`` ``(B,)``
+    (always False: x absorbs the flip), ``subpolicy`` ``(B,)`` (the chosen hypothesis) and
+    ``signs`` ``(B, max_ops)`` in [−1, 1]. Otherwise ``draw`` is None.
     """
 
     images: torch.Tensor
     final_cost: torch.Tensor
     cost_history: torch.Tensor
     diverged: torch.Tensor
+    draw: RelaxedDraw | None = None
 
 
 @contextlib.contextmanager
@@ -126,6 +145,10 @@ class _Objective:
         self.image_gradient = vmap(grad_and_value(total, has_aux=True))
         #: (images, targets, labels) -> matching costs
         self.matching = vmap(matching)
+        #: (images, targets, labels) -> (image gradients of the matching cost alone, matching costs)
+        self.matching_gradient = vmap(grad_and_value(matching))
+        #: images -> (image gradients of the TV, TVs)
+        self.total_variation_gradient = vmap(grad_and_value(total_variation))
 
 
 class _Box:
@@ -153,7 +176,7 @@ class _LastFinite:
 
     def observe(self, images: torch.Tensor, total: torch.Tensor, matching: torch.Tensor) -> None:
         finite = torch.isfinite(total)
-        self.images = torch.where(finite[:, None, None, None], images, self.images)
+        self.images = _per_attack_where(finite, images, self.images)
         self.matching = torch.where(finite, matching, self.matching)
         self.diverged |= ~finite
 
@@ -161,11 +184,16 @@ class _LastFinite:
         """The attacks' results, given their images and matching costs after the last step."""
         diverged = self.diverged | ~torch.isfinite(end_matching)
         return _Trials(
-            images=torch.where(diverged[:, None, None, None], self.images, images),
+            images=_per_attack_where(diverged, self.images, images),
             final_cost=torch.where(diverged, self.matching, end_matching),
             cost_history=cost_history,
             diverged=diverged,
         )
+
+
+def _per_attack_where(condition: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Row ``p`` of ``chosen`` where ``condition[p]``, else of ``other`` (any trailing shape)."""
+    return torch.where(condition.view(-1, *([1] * (chosen.dim() - 1))), chosen, other)
 
 
 @dataclass(frozen=True)
@@ -176,6 +204,7 @@ class _Trials:
     final_cost: torch.Tensor
     cost_history: torch.Tensor
     diverged: torch.Tensor
+    draw: RelaxedDraw | None = None
 
     @staticmethod
     def concatenate(parts: Sequence["_Trials"]) -> "_Trials":
@@ -184,13 +213,15 @@ class _Trials:
             final_cost=torch.cat([p.final_cost for p in parts]),
             cost_history=torch.cat([p.cost_history for p in parts]),
             diverged=torch.cat([p.diverged for p in parts]),
+            draw=None if parts[0].draw is None else RelaxedDraw.concat([p.draw for p in parts]),
         )
 
 
-def _first_order_optimizer(images: torch.Tensor, config: AttackConfig) -> torch.optim.Optimizer:
+def _first_order_optimizer(parameters: list[torch.Tensor] | list[dict], config: AttackConfig) -> torch.optim.Optimizer:
+    """Adam or SGD over ``parameters`` (tensors, or parameter groups that may override ``lr``)."""
     if config.optimizer == "adam":
-        return torch.optim.Adam([images], lr=config.lr)
-    return torch.optim.SGD([images], lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.Adam(parameters, lr=config.lr)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
 def _set_image_gradient(images: torch.Tensor, image_gradient: torch.Tensor, config: AttackConfig) -> None:
@@ -201,7 +232,7 @@ def _attack_jointly(objective: _Objective, initial: torch.Tensor, targets: list[
                     labels: torch.Tensor, config: AttackConfig, box: _Box, description: str) -> _Trials:
     """Run ``P`` Adam/SGD attacks as one computation (one optimiser over the stacked images)."""
     images = initial.clone()
-    optimizer = _first_order_optimizer(images, config)
+    optimizer = _first_order_optimizer([images], config)
     history = torch.empty(images.shape[0], config.iterations, dtype=images.dtype, device=images.device)
     last_finite = _LastFinite(initial)
     for iteration in progress(range(config.iterations), desc=description):
@@ -215,6 +246,97 @@ def _attack_jointly(objective: _Objective, initial: torch.Tensor, targets: list[
         if config.boxed:
             box.project_(images)
     return last_finite.finish(images, objective.matching(images, targets, labels), history)
+
+
+@dataclass(frozen=True)
+class _KnownPreprocessing:
+    """What a policy-aware attacker knows of the preprocessing: mode, policy, image side, normalisation.
+
+    ``policy`` is the one the mode applies (``()`` in ``"crop"`` mode); ``mean``/``std`` are shaped
+    ``(1, C, 1, 1)``.
+    """
+
+    mode: str
+    policy: Policy
+    source_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def centred_crop(self) -> float:
+        return centred_crop_offset(self.source_size)
+
+    def draw(self, theta: torch.Tensor, start: RelaxedDraw) -> RelaxedDraw:
+        """The relaxed draw of the learned parameters ``theta`` (P, 2 + max_ops).
+
+        ``theta[:, :2]`` is the crop offset relative to the centre, in units of the half-range
+        (−1 … 1 ↦ offsets 0 … side + 8 − 32); ``theta[:, 2:]`` are the relaxed signs. The flips and
+        sub-policies are ``start``'s, never learned.
+        """
+        return RelaxedDraw(self.centred_crop * (1 + theta[:, :2]), start.flips, start.subpolicy, theta[:, 2:])
+
+    def model_inputs(self, images: torch.Tensor, draw: RelaxedDraw) -> torch.Tensor:
+        """T_θ of normalised untransformed ``images``, normalised again: what the model sees."""
+        pixels = images * self.std + self.mean
+        return (differentiable_augment(pixels, self.mode, self.policy, draw) - self.mean) / self.std
+
+
+def _policy_aware_gradients(objective: _Objective, known: _KnownPreprocessing, images: torch.Tensor,
+                            theta: torch.Tensor, start: RelaxedDraw, targets: list[torch.Tensor],
+                            labels: torch.Tensor, tv_weight: float) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``matching(T_θ(x)) + tv_weight · TV(x)`` in x and θ, with the total and matching costs.
+
+    The matching cost's gradient in the model input comes from the vmapped objective (the same
+    double backward as the other attacks); autograd then carries it back through T_θ, which acts on
+    each attack's image and draw alone, so every attack still sees only its own cost.
+    """
+    with torch.enable_grad():
+        x, t = images.detach().requires_grad_(), theta.detach().requires_grad_()
+        inputs = known.model_inputs(x, known.draw(t, start))
+    input_gradient, matching = objective.matching_gradient(inputs.detach(), targets, labels)
+    image_gradient, draw_gradient = torch.autograd.grad(inputs, (x, t), input_gradient, allow_unused=True)
+    tv_gradient, tv = objective.total_variation_gradient(images)
+    if draw_gradient is None:
+        draw_gradient = torch.zeros_like(theta)
+    return image_gradient + tv_weight * tv_gradient, draw_gradient, matching + tv_weight * tv, matching
+
+
+def _attack_policy_aware(objective: _Objective, known: _KnownPreprocessing, initial: torch.Tensor,
+                         start: RelaxedDraw, targets: list[torch.Tensor], labels: torch.Tensor,
+                         config: AttackConfig, box: _Box, description: str) -> _Trials:
+    """Run ``P`` policy-aware attacks as one computation: x and θ = (crop, signs) learned jointly.
+
+    One optimiser with two parameter groups (x at ``lr``, θ at ``draw_lr``, both decayed at the
+    milestones); Adam and SGD stay per entry, so the attacks stay independent. After each step x is
+    boxed and θ clamped to [−1, 1] (crop offsets inside the padding, signs within ±1). Only the
+    unknown entries of θ move: the crop when it has room, the signs of the signed ops.
+    """
+    images = initial.clone()
+    theta = torch.cat([torch.zeros_like(start.crop_offsets), start.signs], dim=1)
+    learned = torch.cat([torch.full(start.crop_offsets.shape, known.centred_crop > 0, device=theta.device),
+                         learned_sign_columns(known.policy, start.subpolicy, start.signs.shape[1])], dim=1)
+    optimizer = _first_order_optimizer([{"params": [images]}, {"params": [theta], "lr": config.draw_lr}], config)
+    history = torch.empty(images.shape[0], config.iterations, dtype=images.dtype, device=images.device)
+    last_finite, last_finite_theta = _LastFinite(initial), theta.clone()
+    for iteration in progress(range(config.iterations), desc=description):
+        optimizer.param_groups[0]["lr"] = config.learning_rate(iteration)
+        optimizer.param_groups[1]["lr"] = config.draw_learning_rate(iteration)
+        image_gradient, draw_gradient, total, matching = _policy_aware_gradients(
+            objective, known, images, theta, start, targets, labels, config.tv_weight)
+        history[:, iteration] = total
+        last_finite.observe(images, total, matching)
+        last_finite_theta = _per_attack_where(torch.isfinite(total), theta, last_finite_theta)
+        _set_image_gradient(images, image_gradient, config)
+        _set_image_gradient(theta, torch.where(learned, draw_gradient, 0), config)
+        optimizer.step()
+        if config.boxed:
+            box.project_(images)
+        with torch.no_grad():
+            theta.clamp_(-1, 1)
+    end_matching = objective.matching(known.model_inputs(images, known.draw(theta, start)), targets, labels)
+    trials = last_finite.finish(images, end_matching, history)
+    final_theta = _per_attack_where(trials.diverged, last_finite_theta, theta)
+    return dataclasses.replace(trials, draw=known.draw(final_theta, start))
 
 
 def _attack_lbfgs(objective: _Objective, initial: torch.Tensor, targets: list[torch.Tensor],
@@ -334,6 +456,9 @@ def reconstruct(
     iterations: int | None = None,
     *,
     max_batch: int | None = None,
+    policy: Policy = (),
+    augmentation_mode: str = "plain",
+    source_size: int | None = None,
 ) -> ReconstructionResult:
     """Invert ``B`` observed gradients at once (one attack per target, ``config.restarts`` each).
 
@@ -348,6 +473,16 @@ def reconstruct(
     independent.
 
     The model runs in eval mode with the dtype and device of its parameters.
+
+    ``policy``, ``augmentation_mode`` and ``source_size`` (the side of the untransformed images,
+    default the model input's) describe the preprocessing of the shared images; only policy-aware
+    configs use them. Such an attack reconstructs the untransformed image x, ``(C, S, S)``, by
+    matching the gradient of T_θ(x) (:mod:`ats.transforms.differentiable`) while learning θ, and
+    tries every discrete hypothesis of :func:`~ats.transforms.differentiable.draw_hypotheses`
+    (sub-policy × directions of the signed ops) as its own attack from each restart's image; each
+    target keeps the attack with the lowest final matching cost, as among restarts. Where the
+    preprocessing has no random draw (``"plain"``, or the empty policy) a policy-aware config runs
+    exactly as the same config without the policy (the ``inversed`` code path).
     """
     if iterations is not None:
         config = config.with_iterations(iterations)
@@ -360,9 +495,19 @@ def reconstruct(
     _check_inputs(parameters, observed_gradients, labels, image_shape, mean_tensor, std_tensor, generators)
 
     targets_count, restarts = labels.shape[0], config.restarts
-    initial = _initial_images(config, generators, tuple(image_shape), dtype, device).flatten(0, 1)
-    attack_targets = [g.to(device).repeat_interleave(restarts, dim=0) for g in observed_gradients]
-    attack_labels = labels.to(device).repeat_interleave(restarts)
+    known = _known_preprocessing(config, augmentation_mode, policy, source_size, image_shape, mean_tensor, std_tensor)
+    if known is None:
+        attempts, starts = restarts, None
+        initial = _initial_images(config, generators, tuple(image_shape), dtype, device).flatten(0, 1)
+    else:
+        hypotheses = draw_hypotheses(known.mode, known.policy, known.source_size, dtype, device)
+        attempts = restarts * len(hypotheses)
+        source_shape = (image_shape[0], known.source_size, known.source_size)
+        initial = _initial_images(config, generators, source_shape, dtype, device)
+        initial = initial.repeat_interleave(len(hypotheses), dim=1).flatten(0, 1)
+        starts = hypotheses[torch.arange(initial.shape[0], device=device) % len(hypotheses)]
+    attack_targets = [g.to(device).repeat_interleave(attempts, dim=0) for g in observed_gradients]
+    attack_labels = labels.to(device).repeat_interleave(attempts)
     box = _Box(mean_tensor, std_tensor)
 
     with eval_mode(model):
@@ -372,19 +517,40 @@ def reconstruct(
                                    f"{config.name} (one at a time)")
         else:
             def run(chunk: slice) -> _Trials:
-                return _attack_jointly(objective, initial[chunk], [t[chunk] for t in attack_targets],
-                                       attack_labels[chunk], config, box,
-                                       f"{config.name} attacks {chunk.start}-{chunk.stop - 1}")
+                description = f"{config.name} attacks {chunk.start}-{chunk.stop - 1}"
+                if starts is None:
+                    return _attack_jointly(objective, initial[chunk], [t[chunk] for t in attack_targets],
+                                           attack_labels[chunk], config, box, description)
+                return _attack_policy_aware(objective, known, initial[chunk], starts[chunk],
+                                            [t[chunk] for t in attack_targets], attack_labels[chunk], config, box,
+                                            description)
             if max_batch is None:
                 max_batch = default_max_batch(sum(p.numel() for p in parameters.values()), device)
             trials = _in_chunks(run, initial.shape[0], max_batch)
 
-    scores = trials.final_cost.reshape(targets_count, restarts)
+    scores = trials.final_cost.reshape(targets_count, attempts)
     best = torch.where(torch.isfinite(scores), scores, torch.inf).argmin(dim=1)
-    chosen = torch.arange(targets_count, device=device) * restarts + best
+    chosen = torch.arange(targets_count, device=device) * attempts + best
     return ReconstructionResult(
         images=trials.images[chosen].detach(),
         final_cost=trials.final_cost[chosen].detach(),
         cost_history=trials.cost_history[chosen].detach(),
         diverged=trials.diverged[chosen],
+        draw=None if trials.draw is None else trials.draw[chosen],
     )
+
+
+def _known_preprocessing(config: AttackConfig, mode: str, policy: Policy, source_size: int | None,
+                         image_shape: Sequence[int], mean: torch.Tensor, std: torch.Tensor) -> _KnownPreprocessing | None:
+    """The preprocessing a policy-aware ``config`` inverts; None for the other attacks and when the
+    preprocessing has no random draw (then there is nothing to learn)."""
+    if not config.policy_aware or not has_unknown_draw(mode, policy):
+        return None
+    side = image_shape[1] if source_size is None else source_size
+    if tuple(image_shape[1:]) != (OUTPUT_SIZE, OUTPUT_SIZE):
+        raise ValueError(f"{config.name}: the preprocessing outputs {OUTPUT_SIZE}×{OUTPUT_SIZE} images, but "
+                         f"image_shape is {tuple(image_shape)}")
+    if not isinstance(side, int) or side < MIN_CROP_INPUT_SIZE:
+        raise ValueError(f"{config.name}: source_size must be an int >= {MIN_CROP_INPUT_SIZE}, got {side!r}")
+    return _KnownPreprocessing(mode=mode, policy=policy if mode == "policy" else (), source_size=side,
+                               mean=mean.reshape(1, -1, 1, 1), std=std.reshape(1, -1, 1, 1))
