@@ -42,10 +42,10 @@ RUN_TIMEOUT_S = 900
 
 
 def interrupt_config(raw_data: Path) -> dict:
-    """Over tests/config/test.yaml: local tiny data, three shards, two trained defences of 3 epochs."""
+    """Over tests/config/test.yaml: local tiny data, three shards of one repeat, two trained defences of 3 epochs."""
     return {
         "dataset": {"source_dir": str(raw_data), "download": False},
-        "search": {"pretrain": {"fraction": 0.25}, "shard_size": 2, "selection": {"top_k": 1}},
+        "search": {"pretrain": {"fraction": 0.25}, "shard_size": 2, "repeats": 1, "selection": {"top_k": 1}},
         "training": {"epochs": EPOCHS, "train_fraction": 1.0, "eval_every": 1, "baselines": ["crop"],
                      "gradient_defences": []},
     }
@@ -74,9 +74,10 @@ def _read(path: Path) -> str:
 def mid_scoring(workdir: Path) -> str | None:
     """A shard job is inside its stage function while another shard is already finished."""
     scores, logs = workdir / "results/search/scores", workdir / "results/logs/score_shard"
-    finished = {path.stem.removeprefix("shard-") for path in scores.glob("shard-*.h5")}
-    running = [log.stem for log in logs.glob("*.log")
-               if log.stem not in finished and "runtime hostname=" in _read(log)]
+    finished = {str(path.relative_to(scores).with_suffix("")) for path in scores.glob("repeat-*/shard-*.h5")}
+    running = [name for log in logs.glob("repeat-*/shard-*.log")
+               if (name := str(log.relative_to(logs).with_suffix(""))) not in finished
+               and "runtime hostname=" in _read(log)]
     return f"score_shard {running[0]}" if finished and running else None
 
 
@@ -92,7 +93,7 @@ def mid_training(workdir: Path) -> str | None:
 def _written_by(job: str, path: str) -> bool:
     rule, name = job.split()
     if rule == "score_shard":
-        return path == f"results/search/scores/shard-{name}.h5"
+        return path == f"results/search/scores/{name}.h5"
     return path.startswith(f"results/train/{name}/")
 
 
@@ -213,20 +214,20 @@ def test_nothing_finished_before_a_kill_was_computed_again(runs: dict) -> None:
 
 
 def _job_of_log(log_path: str) -> str:
-    """``results/logs/score_shard/0001.log`` -> ``score_shard 0001``."""
-    parts = Path(log_path).with_suffix("").parts[2:]
-    return " ".join(parts)
+    """``results/logs/score_shard/repeat-0/shard-0001.log`` -> ``score_shard repeat-0/shard-0001``."""
+    rule, *name = Path(log_path).with_suffix("").parts[2:]
+    return f"{rule} {'/'.join(name)}"
 
 
 def test_the_killed_shard_was_scored_once_and_the_finished_ones_not_again(runs: dict) -> None:
     [kill] = [kill for kill in runs["kills"] if kill.job.startswith("score_shard")]
     shard = kill.job.split()[1]
-    finished = sorted(re.findall(r"shard-(\d{4})\.h5", " ".join(kill.finished_files)))
+    finished = sorted(re.findall(r"(repeat-\d+/shard-\d{4})\.h5", " ".join(kill.finished_files)))
     assert finished and shard not in finished
     logs = runs["interrupted"] / "results/logs/score_shard"
     for name in [*finished, shard]:
         assert _read(logs / f"{name}.log").count("scored 2 policies") == 1, name
-    with h5py.File(runs["interrupted"] / f"results/search/scores/shard-{shard}.h5") as handle:
+    with h5py.File(runs["interrupted"] / f"results/search/scores/{shard}.h5") as handle:
         assert len(handle["policies"]) == 2
 
 
@@ -256,7 +257,7 @@ def test_a_changed_config_recomputes_exactly_what_depends_on_it(runs: dict, tmp_
 def test_a_corrupted_cache_stops_the_job_that_reads_it(runs: dict, tmp_path: Path) -> None:
     workdir = tmp_path / "corrupted"
     shutil.copytree(runs["interrupted"], workdir, symlinks=True)
-    shard = workdir / "results/search/scores/shard-0000.h5"
+    shard = workdir / "results/search/scores/repeat-0/shard-0000.h5"
     mtime_ns = shard.stat().st_mtime_ns
     with h5py.File(shard, "r") as handle:
         offset = handle["policy/0/spri"].id.get_offset()
@@ -269,4 +270,4 @@ def test_a_corrupted_cache_stops_the_job_that_reads_it(runs: dict, tmp_path: Pat
     result = subprocess.run(snakemake_command(workdir, "--forcerun", "select_policies"), cwd=workdir,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "results/search/scores/shard-0000.h5: content checksum mismatch" in result.stdout + result.stderr
+    assert "results/search/scores/repeat-0/shard-0000.h5: content checksum mismatch" in result.stdout + result.stderr

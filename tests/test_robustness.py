@@ -439,7 +439,7 @@ def _score(search_inputs: dict[str, Any], out_h5: Path, policies: list[str] = SC
 
 def _select(shards: list[Path], folder: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
     select_policies(shard_paths=shards, ranking_tsv=folder / "ranking.tsv", selection_json=folder / "selection.json",
-                    rule="cvpr", alpha=0.7, threshold=-1e9, top_k=2, num_classes=10)
+                    rule="cvpr", alpha=0.7, threshold=-1e9, top_k=2, num_classes=10, seed=7)
     return read_tsv(folder / "ranking.tsv"), json.loads((folder / "selection.json").read_text())
 
 

@@ -13,7 +13,8 @@ from ats.policies import PolicyError
 from ats.runtime.checkpoints import save_checkpoint
 from ats.runtime.hdf5 import CacheError, read_h5
 from ats.search.eval_set import build_eval_set
-from ats.search.scoring import read_scores, score_shard
+from ats.runtime.seeding import derive_seed
+from ats.search.scoring import read_scores, repeat_seed, score_shard
 
 ARCH = "ConvNet8"
 BINS = 3
@@ -63,6 +64,7 @@ def test_a_shard_stores_every_score_of_every_policy(shard) -> None:
     assert list(arrays["policies"]) == POLICIES and list(arrays["status"]) == ["ok"] * 3
     assert arrays["privacy/classes"].tolist() == list(range(10))
     assert attrs["bins"] == BINS and attrs["arch"] == ARCH and len(attrs["seconds"]) == 3
+    assert int(arrays["repeat"]) == 0 and attrs["draw_seed"] == attrs["seed"] == 7  # repeat 0: the master seed
     scores = read_scores([shard])
     for entry in scores:
         assert entry.spri.shape == (10,) and entry.curves.shape == (10, BINS + 1)
@@ -96,3 +98,34 @@ def test_bad_inputs_fail_before_any_work(search_inputs, tiny_dataset_h5) -> None
         _score(search_inputs, ["3", "3--1"], "bad-policy")
     with pytest.raises(CacheError, match="evaluation images"):
         _score(search_inputs, ["3"], "other-data", dataset_h5=tiny_dataset_h5("cifar10", per_class=2))
+
+
+def test_repeat_seeds_are_deterministic_independent_and_the_master_seed_for_repeat_zero() -> None:
+    assert repeat_seed(7, 0) == 7
+    assert repeat_seed(7, 1) == repeat_seed(7, 1) == derive_seed(7, "repeat", 1)
+    seeds = [repeat_seed(7, repeat) for repeat in range(100)]
+    assert len(set(seeds)) == 100  # every repeat draws anew
+    assert repeat_seed(8, 1) != repeat_seed(7, 1) and repeat_seed(8, 1) not in seeds  # and follows the master seed
+    for bad in (-1, True, 1.0):
+        with pytest.raises(ValueError, match="repeat"):
+            repeat_seed(7, bad)
+
+
+def test_repeat_zero_is_the_single_scoring_and_later_repeats_redraw_only_the_draws_and_noise(search_inputs,
+                                                                                            shard) -> None:
+    single = read_scores([shard])  # scored without naming a repeat, as before repeats existed
+    fields = ("spri", "curves", "spri_class_means", "sacc")
+    for again, before in zip(read_scores([_score(search_inputs, POLICIES, "repeat-0", repeat=0)]), single, strict=True):
+        assert again.repeat == before.repeat == 0
+        assert all(np.array_equal(getattr(again, field), getattr(before, field)) for field in fields)
+    second = read_scores([_score(search_inputs, POLICIES, "repeat-1", repeat=1)])
+    second_again = read_scores([_score(search_inputs, POLICIES, "repeat-1-again", repeat=1)])
+    assert read_h5(_score(search_inputs, ["3"], "repeat-2", repeat=2))[1]["draw_seed"] == repeat_seed(7, 2)
+    for entry, again, first in zip(second, second_again, single, strict=True):
+        assert entry.repeat == 1 and all(np.array_equal(getattr(entry, field), getattr(again, field)) for field in fields)
+        assert not np.array_equal(entry.spri, first.spri), entry.policy  # new noise (and draws) for every image
+    by_policy = {entry.policy: (entry, first) for entry, first in zip(second, single)}
+    assert not np.array_equal(*(scores.sacc for scores in by_policy["3-1-7"]))  # new crop, flip and policy draws
+    # The empty policy draws nothing for S_acc: its equal scores show that the untrained model and the
+    # images are those of repeat 0.
+    assert np.array_equal(*(scores.sacc for scores in by_policy[""]))

@@ -27,11 +27,18 @@ def finished_run(tmp_path_factory) -> Path:
 def test_every_stage_writes_its_outputs(finished_run):
     results = finished_run / "results"
     ranking = read_tsv(results / "search" / "ranking.tsv")
-    for column in ("policy", "s_pri_mean", "s_pri_var", "s_acc_mean", "score", "passed_threshold", "rank"):
+    for column in ("policy", "s_pri_mean", "s_pri_ci_low", "s_pri_ci_high", "s_pri_var", "s_acc_mean", "score",
+                   "passed_threshold", "rank"):
         assert column in ranking[0]
     selection = json.loads((results / "search" / "selection.json").read_text())
     assert len(selection["top_k"]) == 2
 
+    # tests/config/test.yaml scores every candidate twice: two repeats, one τ between their rankings.
+    assert sorted(path.parent.name for path in (results / "search" / "scores").glob("*/shard-0000.h5")) == [
+        "repeat-0", "repeat-1"]
+    assert selection["repeats"] == 2 and len(selection["ranking_agreement"]["kendall_tau"]) == 2
+    compared = selection["versus_reference"]["policies"]
+    assert [row["policy"] for row in compared] == list(dict.fromkeys(selection["top_k"] + selection["hybrid_members"]))
     summary = read_summary(results / "summary.tsv")
     defences = {row["defence"] for row in summary}
     assert {"none", "crop", "prune-70", *selection["top_k"]} <= defences
@@ -46,7 +53,7 @@ def test_every_stage_writes_its_outputs(finished_run):
 
 
 def test_logs_show_device_progress_and_timing(finished_run):
-    log = (finished_run / "results" / "logs" / "score_shard" / "0000.log").read_text()
+    log = (finished_run / "results" / "logs" / "score_shard" / "repeat-0" / "shard-0000.log").read_text()
     assert re.search(r"device", log, re.IGNORECASE)
     assert "it/s" in log or "s/it" in log  # a tqdm progress line
 

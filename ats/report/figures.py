@@ -192,21 +192,28 @@ def plot_spri_vs_sacc(
     chosen: Sequence[str],
     hybrid: str | None,
     threshold: float,
+    uncertainty: Sequence[str] = (),
 ) -> None:
     """Scatter of every scored candidate: S_pri (x) against S_acc (y), with the S_acc threshold.
 
     ``ranking_rows`` are rows of ``ranking.tsv`` (keys ``policy``, ``s_pri_mean``, ``s_acc_mean``,
-    ``passed_threshold``, ``status``, ``rank``; values may still be text). Candidates that failed
-    the threshold are grey, so the eye goes to the eligible ones; ``chosen`` policies are ringed
-    and labelled with their rank, the ``hybrid`` gets a diamond, and the empty policy a black star
-    as the no-transform reference. Rows with status ``nonfinite`` or non-finite scores cannot be
-    placed and are counted in a footnote, as are chosen policies that were never scored.
+    ``passed_threshold``, ``status``, ``rank``, and the interval ``s_pri_ci_low``/``s_pri_ci_high``
+    where known; values may still be text). Candidates that failed the threshold are grey, so the
+    eye goes to the eligible ones; each point's horizontal bar is its S_pri interval, so two policies
+    whose bars overlap are not told apart by the search; ``chosen`` policies are ringed and labelled
+    with their rank, the ``hybrid`` gets a diamond, and the empty policy a black star as the
+    no-transform reference. Rows with status ``nonfinite`` or non-finite scores cannot be placed and
+    are counted in a footnote, as are chosen policies that were never scored. ``uncertainty`` are
+    sentences about how certain the ranking is (:func:`ats.search.selection.describe_uncertainty`),
+    printed under the plot.
     """
     figure = _figure(7.5, 5.0)
     ax = figure.add_subplot()
     by_policy = {str(row["policy"]): row for row in ranking_rows}
     s_pri = {policy: _as_float(row["s_pri_mean"]) for policy, row in by_policy.items()}
     s_acc = {policy: _as_float(row["s_acc_mean"]) for policy, row in by_policy.items()}
+    s_pri_bounds = {policy: (_as_float(row.get("s_pri_ci_low")), _as_float(row.get("s_pri_ci_high")))
+                    for policy, row in by_policy.items()}
     placeable = [
         policy for policy, row in by_policy.items()
         if str(row.get("status", "")) != "nonfinite" and math.isfinite(s_pri[policy]) and math.isfinite(s_acc[policy])
@@ -222,6 +229,14 @@ def plot_spri_vs_sacc(
     candidates = [policy for policy in placeable if policy != ""]  # the reference gets its own marker
     passed = [policy for policy in candidates if _as_bool(by_policy[policy]["passed_threshold"])]
     failed = sorted(set(candidates) - set(passed), key=candidates.index)
+    reference = [""] if "" in placeable else []
+    for group, colour in ((failed, MUTED_COLOUR), (passed, SERIES_COLOURS[0]), (reference, REFERENCE_COLOUR)):
+        with_interval = [p for p in group if all(map(math.isfinite, s_pri_bounds[p]))]
+        if with_interval:
+            ax.errorbar([s_pri[p] for p in with_interval], [s_acc[p] for p in with_interval], fmt="none",
+                        xerr=[[s_pri[p] - s_pri_bounds[p][0] for p in with_interval],
+                              [s_pri_bounds[p][1] - s_pri[p] for p in with_interval]],
+                        ecolor=colour, elinewidth=0.8, alpha=0.5, zorder=1)
     for group, colour, label in ((failed, MUTED_COLOUR, "below the S_acc threshold"),
                                  (passed, SERIES_COLOURS[0], "passed the S_acc threshold")):
         if group:
@@ -253,7 +268,7 @@ def plot_spri_vs_sacc(
                     fontsize=8, color=HIGHLIGHT_COLOUR, va="center",
                     arrowprops={"arrowstyle": "-", "color": HIGHLIGHT_COLOUR, "linewidth": 0.6})
 
-    ax.set_xlabel("S_pri, mean over evaluation images (lower is more private)")
+    ax.set_xlabel("S_pri, mean over evaluation images with its interval (lower is more private)")
     ax.set_ylabel("S_acc, mean over windows (higher predicts better accuracy)")
     figure.legend(loc="outside right upper")
     notes = []
@@ -264,7 +279,7 @@ def plot_spri_vs_sacc(
     unplaceable = len(by_policy) - len(placeable)
     if unplaceable:
         notes.append(f"{unplaceable} candidate(s) with non-finite scores (status 'nonfinite') are not shown.")
-    _add_footnote(figure, notes)
+    _add_footnote(figure, [*uncertainty, *notes])
     _save(figure, path)
 
 

@@ -12,6 +12,14 @@ its shard, as the original's ``search_transform_attack.py`` did for one policy p
   job sees the same initial weights (the original relied on its fixed import-time seed), with
   draws seeded by ``(seed, "sacc", policy, run, test_index)``.
 
+**Repeats.** The scoring can be repeated to measure how much the ranking owes to its random draws.
+Repeat ``r`` replaces ``seed`` in the draws and the noise above by :func:`repeat_seed` ``(seed, r)``:
+repeat 0 uses ``seed`` itself (the scores of a single scoring), every later repeat an independent
+seed derived from it. The untrained S_acc model and the evaluation images stay the same in every
+repeat: they define the scores (one model and one image set shared by all policies), while the
+draws and the noise are the randomness a repeat should resample; the spread over images is what
+the selection's bootstrap intervals measure.
+
 Seeds are derived from names, not call order, so a policy's scores do not depend on its shard, its
 position in the shard or the device. A non-finite score is stored as NaN with status
 ``nonfinite``; it never stops the job. A CUDA out-of-memory error halves the chunk size and retries.
@@ -19,13 +27,15 @@ position in the shard or the device. A non-finite score is stored as NaN with st
 Shard file layout (HDF5 via :func:`ats.runtime.hdf5.write_h5`; policy strings are not valid
 dataset names, so per-policy groups are named by position):
 
+* ``repeat`` (): the repeat the shard belongs to (an array, so the content checksum covers it);
 * ``policies`` (P,) strings; ``status`` (P,) strings, ``ok`` or ``nonfinite``;
 * ``privacy/indices``, ``privacy/labels`` (N,): the S_pri images' test indices and labels;
   ``privacy/classes`` (K,): the distinct labels among them, the order of the per-class means;
 * ``accuracy/run_sizes`` (R,): images per S_acc run;
 * ``policy/{i}/spri`` (N,), ``policy/{i}/curves`` (N, bins+1), ``policy/{i}/spri_class_means`` (K,),
   ``policy/{i}/sacc`` (R,), float64;
-* attributes ``arch, dataset, bins, seed, normalisation, device, chunk_size, seconds`` (per policy).
+* attributes ``arch, dataset, bins, seed, draw_seed, normalisation, device, chunk_size, seconds``
+  (per policy); ``draw_seed`` is the seed of the draws and the noise of this repeat.
 
 This module imports torch only inside :func:`score_shard`, so that the selection job and the
 report, which only read shards, start fast.
@@ -43,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
+from ats.runtime.seeding import derive_seed
 
 _log = logging.getLogger(__name__)
 
@@ -50,9 +61,21 @@ STATUS_OK = "ok"
 STATUS_NONFINITE = "nonfinite"
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of the draws and the noise of repeat ``repeat``: ``seed`` for repeat 0, so that a
+    single scoring keeps the scores it always had, and an independent derived seed after it."""
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+        raise ValueError(f"repeat must be a non-negative integer, got {repeat!r}")
+    return seed if repeat == 0 else derive_seed(seed, "repeat", repeat)
+
+
 @dataclass(frozen=True)
 class PolicyScores:
-    """Everything a shard stores about one policy (see the module docstring for the arrays)."""
+    """Everything a shard stores about one policy (see the module docstring for the arrays).
+
+    ``repeat`` is the repeat of the scoring the values come from (see the module docstring), ``None``
+    for values pooled over repeats (:func:`ats.search.selection.average_repeats`).
+    """
 
     policy: str
     status: str
@@ -61,6 +84,7 @@ class PolicyScores:
     classes: np.ndarray
     spri_class_means: np.ndarray
     sacc: np.ndarray
+    repeat: int | None = 0
 
     @property
     def spri_mean(self) -> float:
@@ -96,8 +120,8 @@ def _finite_or_nan(values: np.ndarray) -> np.ndarray:
 
 
 def make_policy_scores(policy: str, spri: np.ndarray, curves: np.ndarray, labels: np.ndarray,
-                       sacc: np.ndarray) -> PolicyScores:
-    """A :class:`PolicyScores` from raw per-image S_pri, curves and per-run S_acc.
+                       sacc: np.ndarray, repeat: int = 0) -> PolicyScores:
+    """A :class:`PolicyScores` of repeat ``repeat`` from raw per-image S_pri, curves and per-run S_acc.
 
     Non-finite values become NaN and set the status to ``nonfinite``; per-class means follow
     ``labels`` (the S_pri images' labels).
@@ -106,7 +130,7 @@ def make_policy_scores(policy: str, spri: np.ndarray, curves: np.ndarray, labels
     classes, means = class_means(spri, labels)
     finite = not (np.isnan(spri).any() or np.isnan(sacc).any())
     return PolicyScores(policy=policy, status=STATUS_OK if finite else STATUS_NONFINITE, spri=spri, curves=curves,
-                        classes=classes, spri_class_means=means, sacc=sacc)
+                        classes=classes, spri_class_means=means, sacc=sacc, repeat=repeat)
 
 
 def write_scores(
@@ -119,8 +143,12 @@ def write_scores(
     attrs: Mapping[str, Any],
     fingerprint: str,
 ) -> None:
-    """Write a shard file (layout in the module docstring) atomically."""
+    """Write a shard file (layout in the module docstring) atomically; its policies share one repeat."""
+    repeats = {entry.repeat for entry in scores}
+    if len(repeats) > 1:
+        raise ValueError(f"a shard holds one repeat, got scores of repeats {sorted(repeats)}")
     arrays: dict[str, np.ndarray] = {
+        "repeat": np.int64(repeats.pop() if repeats else 0),
         "policies": np.array([entry.policy for entry in scores], dtype=object),
         "status": np.array([entry.status for entry in scores], dtype=object),
         "privacy/indices": np.asarray(privacy_indices, dtype=np.int64),
@@ -139,25 +167,28 @@ def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
     """Every policy of the shard files ``paths``, in file order then shard order.
 
     Raises :class:`CacheError` naming a corrupted or foreign file, ``ValueError`` when a policy
-    appears in two shards.
+    appears in two shards of the same repeat.
     """
     scores: list[PolicyScores] = []
-    seen: dict[str, str] = {}
+    seen: dict[tuple[int, str], str] = {}
     for path in paths:
         arrays, _ = read_h5(path)
-        if "policies" not in arrays or "privacy/classes" not in arrays:
-            raise CacheError(f"{path}: not a score shard (no 'policies' or 'privacy/classes')")
+        if any(name not in arrays for name in ("repeat", "policies", "privacy/classes")):
+            raise CacheError(f"{path}: not a score shard (no 'repeat', 'policies' or 'privacy/classes')")
+        repeat = int(arrays["repeat"])
         for position, policy in enumerate(arrays["policies"]):
             policy = str(policy)
-            if policy in seen:
-                raise ValueError(f"policy {policy!r} is scored in both {seen[policy]} and {path}")
-            seen[policy] = str(path)
+            if (repeat, policy) in seen:
+                raise ValueError(f"policy {policy!r} of repeat {repeat} is scored in both "
+                                 f"{seen[repeat, policy]} and {path}")
+            seen[repeat, policy] = str(path)
             group = f"policy/{position}"
             try:
                 scores.append(PolicyScores(
                     policy=policy, status=str(arrays["status"][position]), spri=arrays[f"{group}/spri"],
                     curves=arrays[f"{group}/curves"], classes=arrays["privacy/classes"],
                     spri_class_means=arrays[f"{group}/spri_class_means"], sacc=arrays[f"{group}/sacc"],
+                    repeat=repeat,
                 ))
             except KeyError as error:
                 raise CacheError(f"{path}: score shard lacks {error} of policy {policy!r}") from error
@@ -173,6 +204,7 @@ def score_shard(
     policies: Sequence[str],
     out_h5: str | os.PathLike,
     seed: int,
+    repeat: int = 0,
     device: str,
     normalisation: str,
     bins: int = 20,
@@ -181,7 +213,7 @@ def score_shard(
     model_fingerprint: str | None = None,
     eval_set_fingerprint: str | None = None,
 ) -> None:
-    """Stage function: score every policy of the shard and write ``out_h5`` atomically.
+    """Stage function: score every policy of the shard for repeat ``repeat`` and write ``out_h5`` atomically.
 
     ``chunk_size`` is the number of inputs per gradient pass (``None``: from the model size, see
     :func:`ats.search.privacy.default_chunk_size`). ``model_fingerprint`` and
@@ -197,13 +229,14 @@ def score_shard(
     from ats.runtime.device import resolve_device
     from ats.runtime.logs import progress
     from ats.runtime.memory import halving_on_cuda_oom, retain_freed_host_memory
-    from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
+    from ats.runtime.seeding import seed_everything, torch_generator
     from ats.search.accuracy import input_jacobians, score_from_jacobian
     from ats.search.eval_set import load_eval_set
     from ats.search.privacy import default_chunk_size, privacy_curves, uniform_noise
     from ats.transforms.pipeline import OUTPUT_SIZE, Preprocessor, draw_per_sample
 
     parsed = {policy: parse_policy(policy) for policy in policies}  # a bad policy fails before any work
+    draw_seed = repeat_seed(seed, repeat)
     dataset = load_dataset(dataset_h5)
     spec = dataset.spec
     eval_set = load_eval_set(eval_set_h5, expected_fingerprint=eval_set_fingerprint)
@@ -224,7 +257,8 @@ def score_shard(
     preprocessor = Preprocessor(spec.channels, mean, std, torch_device)
     test_indices = [int(index) for index in eval_set.privacy_indices]
     noise = torch.stack([
-        uniform_noise((spec.channels, OUTPUT_SIZE, OUTPUT_SIZE), torch_generator(seed, "noise", index), mean, std)
+        uniform_noise((spec.channels, OUTPUT_SIZE, OUTPUT_SIZE), torch_generator(draw_seed, "noise", index),
+                      mean, std)
         for index in test_indices]).to(torch_device)
     labels = torch.as_tensor(eval_set.privacy_labels, dtype=torch.int64, device=torch_device)
     runs = eval_set.accuracy_batches()
@@ -235,13 +269,13 @@ def score_shard(
     seconds: list[float] = []
     for policy in progress(policies, desc="scoring policies", total=len(policies)):
         started = time.perf_counter()
-        privacy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "spri", policy, index) for index in test_indices],
-                                       image_size=image_size)
+        privacy_draw = draw_per_sample(parsed[policy], [derive_seed(draw_seed, "spri", policy, index)
+                                                        for index in test_indices], image_size=image_size)
         privacy_inputs = preprocessor(eval_set.privacy_images, "policy", parsed[policy], privacy_draw)
         (spri, curves), chunk = halving_on_cuda_oom(
             lambda size: privacy_curves(trained, privacy_inputs, labels, noise, bins=bins, chunk_size=size),
             chunk, what=f"S_pri of {policy!r}", minimum=bins + 1)
-        accuracy_draw = draw_per_sample(parsed[policy], [derive_seed(seed, "sacc", policy, run, index)
+        accuracy_draw = draw_per_sample(parsed[policy], [derive_seed(draw_seed, "sacc", policy, run, index)
                                                          for run, index in accuracy_keys], image_size=image_size)
         accuracy_inputs = preprocessor(eval_set.accuracy_images, "policy", parsed[policy], accuracy_draw)
         jacobians, chunk = halving_on_cuda_oom(
@@ -249,7 +283,7 @@ def score_shard(
             what=f"S_acc of {policy!r}")
         sacc = [score_from_jacobian(jacobians[torch.as_tensor(batch, device=torch_device)]) for batch in runs]
         entry = make_policy_scores(policy, spri.double().cpu().numpy(), curves.double().cpu().numpy(),
-                                   eval_set.privacy_labels, np.array(sacc))
+                                   eval_set.privacy_labels, np.array(sacc), repeat=repeat)
         scores.append(entry)
         seconds.append(time.perf_counter() - started)
         if entry.status != STATUS_OK:
@@ -257,7 +291,8 @@ def score_shard(
         _log.info("policy %r: S_pri %.5f, S_acc %.3f (%.1f s)", policy, entry.spri_mean, entry.sacc_mean,
                   seconds[-1])
 
-    attrs = {"arch": arch, "dataset": spec.name, "bins": bins, "seed": seed, "normalisation": normalisation,
+    attrs = {"arch": arch, "dataset": spec.name, "bins": bins, "seed": seed, "draw_seed": draw_seed,
+             "normalisation": normalisation,
              "device": str(torch_device), "chunk_size": chunk, "seconds": seconds}
     write_scores(out_h5, scores, privacy_indices=eval_set.privacy_indices, privacy_labels=eval_set.privacy_labels,
                  run_sizes=[len(batch) for batch in runs], attrs=attrs, fingerprint=fingerprint)

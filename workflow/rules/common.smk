@@ -88,6 +88,7 @@ def get_shard_fingerprint(wildcards):
             "policies": get_shard_policies(wildcards),
         }
     )
+            "repeat": int(wildcards.repeat),
 
 
 def get_training_settings():
@@ -154,8 +155,23 @@ def get_shard_policies(wildcards):
     return get_candidates()[start : start + size]
 
 
-def get_shard_files(wildcards=None):
-    return expand("results/search/scores/shard-{shard}.h5", shard=get_shards())
+def get_repeats():
+    """The repeats of the scoring, 0 first; repeat 0 alone is the single scoring of the search."""
+    return list(range(SEARCH["repeats"]))
+
+
+def get_shard_files(wildcards=None, repeats=None):
+    """The score shards of ``repeats`` (default: every repeat), repeat by repeat."""
+    return expand(
+        "results/search/scores/repeat-{repeat}/shard-{shard}.h5",
+        repeat=get_repeats() if repeats is None else repeats,
+        shard=get_shards(),
+    )
+
+
+def get_first_repeat_shard_files(wildcards=None):
+    """Repeat 0's shards: one copy of every policy's curves, for the figures that draw them."""
+    return get_shard_files(repeats=[0])
 
 
 def get_search_model():

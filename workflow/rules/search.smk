@@ -97,17 +97,22 @@ rule build_eval_set:
         "../scripts/build_eval_set.py"
 
 
+# One job per repeat and shard: repeat r scores the shard's policies under the draws and noise of
+# its own seed (repeat 0: the master seed itself), see ats.search.scoring.
 rule score_shard:
     input:
         dataset=get_dataset_file(),
         eval_set="results/search/eval_images.h5",
         model=get_search_model(),
     output:
-        "results/search/scores/shard-{shard}.h5",
+        "results/search/scores/repeat-{repeat}/shard-{shard}.h5",
+    wildcard_constraints:
+        repeat=r"\d+",
     params:
         policies=get_shard_policies,
         arch=config["model"]["arch"],
         seed=config["seed"],
+        repeat=lambda wildcards: int(wildcards.repeat),
         device=config["device"],
         normalisation=config["dataset"]["normalisation"],
         bins=SEARCH["privacy"]["bins"],
@@ -116,9 +121,9 @@ rule score_shard:
         model_fingerprint=get_pretrain_fingerprint(),
         eval_set_fingerprint=get_eval_set_fingerprint(),
     log:
-        "results/logs/score_shard/{shard}.log",
+        "results/logs/score_shard/repeat-{repeat}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/score_shard/{shard}.tsv"
+        "results/benchmarks/score_shard/repeat-{repeat}/shard-{shard}.tsv"
     threads: 2
     resources:
         gpu=1,
@@ -146,6 +151,7 @@ checkpoint select_policies:
         threshold=SEARCH["selection"]["accuracy_threshold"],
         top_k=SEARCH["selection"]["top_k"],
         num_classes=NUM_CLASSES,
+        seed=config["seed"],
     log:
         "results/logs/select_policies.log",
     threads: 1
@@ -173,7 +179,7 @@ rule plot_spri_vs_sacc:
 
 rule plot_gradsim_curves:
     input:
-        shards=get_shard_files,
+        shards=get_first_repeat_shard_files,
         selection="results/search/selection.json",
     output:
         report(

@@ -1,10 +1,11 @@
-"""Snakemake adapter: S_pri against S_acc for every candidate, chosen policies highlighted."""
+"""Snakemake adapter: S_pri (with intervals) against S_acc for every candidate, chosen policies highlighted."""
 
 import json
 
 from ats.report.figures import plot_spri_vs_sacc
 from ats.runtime.atomic import read_tsv
 from ats.runtime.logs import configure
+from ats.search.selection import describe_uncertainty
 
 configure(snakemake.log[0])
 
@@ -16,4 +17,5 @@ plot_spri_vs_sacc(
     chosen=selection["top_k"],
     hybrid=selection.get("hybrid"),
     threshold=selection["accuracy_threshold"],
+    uncertainty=describe_uncertainty(selection),
 )

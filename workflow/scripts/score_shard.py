@@ -15,6 +15,7 @@ score_shard(
     policies=list(params.policies),
     out_h5=snakemake.output[0],
     seed=params.seed,
+    repeat=params.repeat,
     device=params.device,
     normalisation=params.normalisation,
     bins=params.bins,

@@ -16,4 +16,5 @@ select_policies(
     threshold=params.threshold,
     top_k=params.top_k,
     num_classes=params.num_classes,
+    seed=params.seed,
 )
