@@ -403,7 +403,7 @@ def default_max_batch(parameter_count: int, device: torch.device) -> int | None:
     return max(1, _CPU_ATTACK_GRADIENT_FLOATS // max(parameter_count, 1))
 
 
-def _initial_images(config: AttackConfig, generators: Sequence[torch.Generator], image_shape: tuple[int, int, int],
+def initial_images(config: AttackConfig, generators: Sequence[torch.Generator], image_shape: tuple[int, int, int],
                     dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Starting images ``(B, restarts, C, H, W)``; target ``b``'s come from ``generators[b]`` alone.
 
@@ -498,12 +498,12 @@ def reconstruct(
     known = _known_preprocessing(config, augmentation_mode, policy, source_size, image_shape, mean_tensor, std_tensor)
     if known is None:
         attempts, starts = restarts, None
-        initial = _initial_images(config, generators, tuple(image_shape), dtype, device).flatten(0, 1)
+        initial = initial_images(config, generators, tuple(image_shape), dtype, device).flatten(0, 1)
     else:
         hypotheses = draw_hypotheses(known.mode, known.policy, known.source_size, dtype, device)
         attempts = restarts * len(hypotheses)
         source_shape = (image_shape[0], known.source_size, known.source_size)
-        initial = _initial_images(config, generators, source_shape, dtype, device)
+        initial = initial_images(config, generators, source_shape, dtype, device)
         initial = initial.repeat_interleave(len(hypotheses), dim=1).flatten(0, 1)
         starts = hypotheses[torch.arange(initial.shape[0], device=device) % len(hypotheses)]
     attack_targets = [g.to(device).repeat_interleave(attempts, dim=0) for g in observed_gradients]
