@@ -12,8 +12,8 @@ from ats.case.models import build_model
 from ats.policies import PolicyError
 from ats.runtime.checkpoints import save_checkpoint
 from ats.runtime.hdf5 import CacheError, read_h5
-from ats.search.eval_set import build_eval_set
 from ats.runtime.seeding import derive_seed
+from ats.search.eval_set import build_eval_set
 from ats.search.scoring import read_scores, repeat_seed, score_shard
 
 ARCH = "ConvNet8"
@@ -122,7 +122,8 @@ def test_repeat_zero_is_the_single_scoring_and_later_repeats_redraw_only_the_dra
     second_again = read_scores([_score(search_inputs, POLICIES, "repeat-1-again", repeat=1)])
     assert read_h5(_score(search_inputs, ["3"], "repeat-2", repeat=2))[1]["draw_seed"] == repeat_seed(7, 2)
     for entry, again, first in zip(second, second_again, single, strict=True):
-        assert entry.repeat == 1 and all(np.array_equal(getattr(entry, field), getattr(again, field)) for field in fields)
+        assert entry.repeat == 1
+        assert all(np.array_equal(getattr(entry, field), getattr(again, field)) for field in fields)
         assert not np.array_equal(entry.spri, first.spri), entry.policy  # new noise (and draws) for every image
     by_policy = {entry.policy: (entry, first) for entry, first in zip(second, single)}
     assert not np.array_equal(*(scores.sacc for scores in by_policy["3-1-7"]))  # new crop, flip and policy draws

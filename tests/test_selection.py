@@ -12,7 +12,12 @@ import pytest
 from ats.report.figures import plot_spri_vs_sacc
 from ats.runtime.atomic import read_tsv
 from ats.runtime.seeding import derive_seed
-from ats.search.scoring import PolicyScores, make_policy_scores, read_scores, write_scores
+from ats.search.scoring import (
+    PolicyScores,
+    make_policy_scores,
+    read_scores,
+    write_scores,
+)
 from ats.search.selection import (
     RANKING_COLUMNS,
     average_repeats,
@@ -25,6 +30,7 @@ from ats.search.selection import (
     split_repeats,
 )
 from ats.stats import mean_interval
+
 
 def labels_of(num_images: int) -> np.ndarray:
     """Two classes, the first half of the images in class 0: 0, 0, 1, 1 for four images."""
@@ -230,9 +236,11 @@ def test_chosen_policies_are_tested_against_the_reference_on_the_same_images(tmp
     assert compared["4-5"]["significantly_below"] is False
     assert compared["3"]["n_images"] == 8 and compared["3"]["s_pri_mean"] == pytest.approx(steady.mean())
     assert compared["3"]["s_pri_ci_low"] == float(rows[0]["s_pri_ci_low"])  # the ranking's own interval
-    assert chosen["reference"]["s_pri_ci_low"] < chosen["reference"]["s_pri_mean"] < chosen["reference"]["s_pri_ci_high"]
+    reference_row = chosen["reference"]
+    assert reference_row["s_pri_ci_low"] < reference_row["s_pri_mean"] < reference_row["s_pri_ci_high"]
     words = describe_uncertainty(chosen)
-    assert words[1].startswith(f"3: S_pri {steady.mean():.3f} [") and "], significantly below the reference's 0.675" in words[1]
+    assert words[1].startswith(f"3: S_pri {steady.mean():.3f} [")
+    assert "], significantly below the reference's 0.675" in words[1]
     assert words[2].startswith("4-5: S_pri ") and "not significantly below the reference's 0.675" in words[2]
     assert "95% intervals over 8 images" in words[1]
 

@@ -338,8 +338,9 @@ def describe_uncertainty(selection: Mapping[str, Any]) -> list[str]:
     report's S_pri–S_acc figure say the same sentences)."""
     agreement = selection["ranking_agreement"]
     if agreement["kendall_tau_mean"] is not None:
+        mean, lowest = _number(agreement["kendall_tau_mean"], 2), _number(agreement["kendall_tau_min"], 2)
         lines = [f"Kendall's τ between the rankings of the {selection['repeats']} repeats of the scoring: "
-                 f"mean {_number(agreement['kendall_tau_mean'], 2)}, lowest {_number(agreement['kendall_tau_min'], 2)}."]
+                 + f"mean {mean}, lowest {lowest}."]
     else:
         lines = [f"Kendall's τ between repeated rankings: none, {agreement['reason']}."]
     versus = selection["versus_reference"]
