@@ -269,10 +269,6 @@ def ranking_agreement(rankings: Sequence[Sequence[RankedPolicy]], top_k: int) ->
     return summary
 
 
-def _spri_interval_seed(seed: int, policy: str) -> int:
-    return derive_seed(seed, "selection", "s_pri interval", policy)
-
-
 def with_spri_intervals(ranked: Sequence[RankedPolicy], scores: Sequence[PolicyScores], *,
                         seed: int) -> list[RankedPolicy]:
     """``ranked`` with the bootstrap interval of each finite policy's mean S_pri over its images.
@@ -284,7 +280,8 @@ def with_spri_intervals(ranked: Sequence[RankedPolicy], scores: Sequence[PolicyS
     with_intervals = []
     for entry in ranked:
         if entry.status != STATUS_NONFINITE:
-            estimate = mean_interval(spri[entry.policy], seed=_spri_interval_seed(seed, entry.policy))
+            policy_seed = derive_seed(seed, "selection", "s_pri interval", entry.policy)
+            estimate = mean_interval(spri[entry.policy], seed=policy_seed)
             entry = dataclasses.replace(entry, s_pri_ci_low=estimate.low, s_pri_ci_high=estimate.high)
         with_intervals.append(entry)
     return with_intervals
