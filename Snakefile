@@ -25,6 +25,7 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/published.smk"
 
 
 rule all:

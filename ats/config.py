@@ -17,8 +17,10 @@ from typing import Any, Mapping
 import yaml
 
 from ats.case.architectures import parse_arch
+from ats.case.normalisation import dataset_spec
 from ats.defence.names import DefenceError, parse_defence
 from ats.policies import DISTINCT_CANDIDATES, PolicyError, parse_policy
+from ats.training.stages import StageError, check_stages
 
 CONFIG_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 MAX_SEED = 2**64 - 1
@@ -106,6 +108,18 @@ def check_config(config: Mapping[str, Any]) -> None:
         parse_arch(config["model"]["arch"])
     except ValueError as error:
         raise ConfigError("model.arch", str(error)) from None
+    _check_training_stages(config)
     checkpoint_path = config["search"]["pretrain"]["checkpoint"]
     if checkpoint_path and not os.path.exists(checkpoint_path):
         raise ConfigError("search.pretrain.checkpoint", f"{checkpoint_path!r} does not exist")
+
+
+def _check_training_stages(config: Mapping[str, Any]) -> None:
+    """Each attacked training stage must lie inside the training run the config describes."""
+    training = config["training"]
+    train_size = dataset_spec(config["dataset"]["name"]).train_size
+    try:
+        check_stages(config["attack"]["stages"], epochs=training["epochs"], batch_size=training["batch_size"],
+                     train_images=max(1, round(training["train_fraction"] * train_size)))
+    except StageError as error:
+        raise ConfigError("attack.stages", str(error)) from None

@@ -31,6 +31,11 @@ BAD_CONFIGS = [
     ({"training": {"epochs": 5.0}}, ["training.epochs", "must be an integer, got 5.0"]),
     ({"search": {"pretrain": {"fraction": float("nan")}}}, ["search.pretrain.fraction", "finite"]),
     ({"search": {"candidates": {"count": 200000}}}, ["search.candidates.count", "distinct"]),
+    # Training stages: the name, and a point past the end of the demo's 4 × 12 optimizer steps.
+    ({"attack": {"stages": ["middle"]}}, ["attack.stages", "epoch-"]),
+    ({"attack": {"stages": ["step-48"]}}, ["attack.stages", "step-48", "ends after 48 steps"]),
+    ({"attack": {"stages": ["epoch-4"]}}, ["attack.stages", "epoch-4", "final"]),
+    ({"attack": {"stages": ["epoch-1", "step-12"]}}, ["attack.stages", "same point"]),
 ]
 
 

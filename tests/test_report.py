@@ -38,7 +38,21 @@ def per_image_metrics(psnr: list[float], diverged: list[bool]) -> dict[str, np.n
         "mse": values / 10,
         "feature_mse": values * 2,
         "diverged": np.array(diverged),
+        "target_indices": np.arange(len(psnr)),
+        "training_step": 100,
     }
+
+
+def without_nan(row: dict) -> dict:
+    """``row`` with every NaN replaced by None, so that equal rows compare equal."""
+    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
+
+
+def summarise(per_image: dict[tuple[str, str], dict], accuracy: dict[str, float]) -> list[dict]:
+    """Summary rows of final-stage records keyed (defence, attack), in the dict's order."""
+    records = [{**metrics, "defence": defence, "stage": "final", "attack": attack}
+               for (defence, attack), metrics in per_image.items()]
+    return summary_rows(records, accuracy, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +64,7 @@ def test_summary_rows_exclude_diverged_images_from_the_statistics():
         ("crop", "ig"): per_image_metrics([10.0, 20.0, 30.0, 1000.0], [False, False, False, True]),
         ("3-1-7", "ig"): per_image_metrics([12.0, np.inf, 14.0], [False, False, False]),
     }
-    rows = summary_rows(["crop", "3-1-7"], ["ig"], {"crop": 0.9, "3-1-7": 0.85}, per_image)
+    rows = summarise(per_image, {"crop": 0.9, "3-1-7": 0.85})
 
     assert [(row["defence"], row["attack"]) for row in rows] == [("crop", "ig"), ("3-1-7", "ig")]
     crop, policy = rows
@@ -75,7 +89,7 @@ def test_summary_rows_when_every_attack_diverged_or_one_image_is_left():
         ("none", "ig"): per_image_metrics([5.0, 6.0], [True, True]),
         ("none", "gs"): per_image_metrics([7.0, 8.0], [False, True]),
     }
-    all_diverged, one_left = summary_rows(["none"], ["ig", "gs"], {"none": 0.5}, per_image)
+    all_diverged, one_left = summarise(per_image, {"none": 0.5})
     assert math.isnan(all_diverged["psnr_mean"]) and math.isnan(all_diverged["psnr_std"])
     assert (all_diverged["n_images"], all_diverged["n_diverged"]) == (2, 2)
     assert (one_left["psnr_mean"], one_left["psnr_std"], one_left["psnr_median"]) == (7.0, 0.0, 7.0)
@@ -84,21 +98,21 @@ def test_summary_rows_when_every_attack_diverged_or_one_image_is_left():
 def test_summary_rows_reject_metric_arrays_of_the_wrong_length():
     metrics = per_image_metrics([10.0, 20.0], [False, False])
     metrics["ssim"] = np.array([0.5])
-    with pytest.raises(ValueError, match="crop/ig: ssim has 1 values for 2"):
-        summary_rows(["crop"], ["ig"], {"crop": 0.9}, {("crop", "ig"): metrics})
+    with pytest.raises(ValueError, match="crop/final/ig: ssim has 1 values for 2"):
+        summarise({("crop", "ig"): metrics}, {"crop": 0.9})
 
 
 def test_summary_round_trips_through_tsv_with_types_and_nan(tmp_path: Path):
     per_image = {("crop", "ig"): per_image_metrics([10.0, 20.0], [False, False]),
                  ("prune-70", "ig"): per_image_metrics([1.0], [True])}
-    rows = summary_rows(["crop", "prune-70"], ["ig"], {"crop": np.float64(0.9123), "prune-70": 0.5}, per_image)
+    rows = summarise(per_image, {"crop": np.float64(0.9123), "prune-70": 0.5})
     path = tmp_path / "summary.tsv"
     write_summary(path, rows)
 
     assert path.read_text().splitlines()[0].split("\t") == list(SUMMARY_COLUMNS)
     assert "np.float64" not in path.read_text()
     back = read_summary(path)
-    assert back[0] == rows[0]
+    assert without_nan(back[0]) == without_nan(rows[0])
     assert math.isnan(back[1]["psnr_mean"]) and back[1]["n_diverged"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.tsv"]
 
@@ -300,7 +314,7 @@ def test_privacy_utility_labels_defences_and_attacks(tmp_path: Path):
 
 def test_privacy_utility_reads_a_written_summary(tmp_path: Path):
     per_image = {("crop", "ig"): per_image_metrics([10.0, 20.0], [False, False])}
-    write_summary(tmp_path / "summary.tsv", summary_rows(["crop"], ["ig"], {"crop": 0.9}, per_image))
+    write_summary(tmp_path / "summary.tsv", summarise(per_image, {"crop": 0.9}))
     figures.plot_privacy_utility(tmp_path / "figure" / "privacy_utility.svg", read_summary(tmp_path / "summary.tsv"))
     assert "crop" in svg_text(tmp_path / "figure" / "privacy_utility.svg")
 

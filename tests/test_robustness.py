@@ -344,7 +344,8 @@ def _run_attack_stage(out_h5: Path, **changes: Any) -> dict[str, np.ndarray]:
         model=model, images_uint8=pixels, labels=np.array([4, 1, 9]), target_indices=np.array([10, 11, 12]),
         preprocessor=NormaliseOnly(), augmentation_mode="plain", policy=(), draw=None, defence=None,
         defend_observed_gradient=False, attack_name="inversed", iterations=6, batch_size=3,
-        label_recovery=False, seed=0, device="cpu", out_h5=out_h5, fingerprint=FINGERPRINT,
+        label_recovery=False, seed=0, device="cpu", train_mean=torch.full((3, 12, 12), 0.5), stage="final",
+        training_step=5, out_h5=out_h5, fingerprint=FINGERPRINT,
     )
     arguments.update(changes)
     attack_run.attack_stage(**arguments)
@@ -370,9 +371,10 @@ def test_diverged_attack_is_recorded_and_left_out_of_the_summary(
     healthy = [0, 2]
     np.testing.assert_array_equal(arrays["metrics/psnr"][healthy], clean["metrics/psnr"][healthy])
 
-    per_image = {name: arrays[f"metrics/{name}"] for name in PER_IMAGE_METRICS}
-    [row] = summary_rows(["none"], ["inversed"], {"none": 0.5},
-                         {("none", "inversed"): {**per_image, "diverged": arrays["diverged"]}})
+    record = {"defence": "none", "stage": "final", "attack": "inversed", "training_step": 5,
+              "diverged": arrays["diverged"], "target_indices": arrays["target_indices"],
+              **{name: arrays[f"metrics/{name}"] for name in PER_IMAGE_METRICS}}
+    [row] = summary_rows([record], {"none": 0.5}, seed=0)
     assert (row["n_images"], row["n_diverged"]) == (3, 1)
     assert row["psnr_mean"] == pytest.approx(float(np.mean(clean["metrics/psnr"][healthy])))
 

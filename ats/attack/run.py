@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ats.attack.chance import chance_metrics, uninformed_guesses
 from ats.attack.configs import get_attack
 from ats.attack.labels import recover_labels
 from ats.attack.metrics import feature_mse, mse, psnr, ssim
-from ats.attack.reconstruct import eval_mode, observed_gradients, reconstruct
+from ats.attack.reconstruct import eval_mode, initial_images, observed_gradients, reconstruct
 from ats.defence.gradient import GradientDefence
 from ats.runtime.hdf5 import write_h5
 from ats.runtime.logs import progress
@@ -93,6 +94,9 @@ def attack_stage(
     label_recovery: bool,
     seed: int,
     device: str | torch.device,
+    train_mean: torch.Tensor,
+    stage: str,
+    training_step: int,
     out_h5: str | os.PathLike,
     fingerprint: str,
 ) -> None:
@@ -103,13 +107,17 @@ def attack_stage(
     ``preprocessor(images, augmentation_mode, policy, draw)``: the normalised model inputs.
     ``defence``: the model's gradient defence, applied to the shared gradients only when
     ``defend_observed_gradient`` (a no-op without a gradient defence). ``iterations`` overrides the
-    attack's budget. ``device``: a resolved torch device (not ``"auto"``).
+    attack's budget. ``device``: a resolved torch device (not ``"auto"``). ``train_mean``: the
+    training split's mean image ``(C, H, W)`` in [0, 1], one of the chance guesses
+    (:mod:`ats.attack.chance`). ``stage`` and ``training_step`` say which point of training the model
+    is at; they are recorded, not used.
 
     Output arrays (``N`` targets): ``reconstructions`` and ``ground_truth`` (float32 ``N×C×H×W`` in
     [0, 1]; reconstructions clamped for storage), ``cost_history`` (``N×T``), ``final_cost``,
-    ``diverged``, ``labels``, ``attack_labels`` (the labels the attack used), ``target_indices`` and
+    ``diverged``, ``labels``, ``attack_labels`` (the labels the attack used), ``target_indices``,
     ``metrics/{psnr,ssim,mse,feature_mse}`` (computed on the unclamped reconstructions, as the
-    original).
+    original) and ``chance/{guess}/{psnr,ssim}``, the scores of every uninformed guess of the same
+    targets.
     """
     _check_targets(images_uint8, labels, target_indices, batch_size)
     config = get_attack(attack_name, iterations)
@@ -130,6 +138,7 @@ def attack_stage(
     outputs: dict[str, list[torch.Tensor]] = {key: [] for key in (
         "reconstructions", "cost_history", "final_cost", "diverged", "attack_labels",
         "psnr", "ssim", "mse", "feature_mse")}
+    chance: dict[str, list[torch.Tensor]] = {}
     with eval_mode(model):
         for start in progress(range(0, len(indices), batch_size), desc=f"attack {config.name}",
                               total=-(-len(indices) // batch_size)):
@@ -144,6 +153,10 @@ def attack_stage(
                 [torch_generator(seed, "attack-init", index) for index in batch_indices],
             )
             reconstructed, truth = result.images * std + mean, batch_inputs * std + mean
+            generators = [torch_generator(seed, "attack-init", index) for index in batch_indices]
+            start = initial_images(config, generators, tuple(batch_inputs.shape[1:]), truth.dtype, device)[:, 0]
+            for key, value in chance_metrics(truth, uninformed_guesses(truth, train_mean, start * std + mean)).items():
+                chance.setdefault(key, []).append(value.detach().cpu())
             for key, value in (
                 ("reconstructions", reconstructed.clamp(0, 1)), ("cost_history", result.cost_history),
                 ("final_cost", result.final_cost), ("diverged", result.diverged),
@@ -157,6 +170,7 @@ def attack_stage(
 
     arrays = {key: torch.cat(values).numpy() for key, values in outputs.items()}
     metrics = {f"metrics/{key}": arrays.pop(key).astype(np.float64) for key in ("psnr", "ssim", "mse", "feature_mse")}
+    metrics.update({f"chance/{key}": torch.cat(values).numpy().astype(np.float64) for key, values in chance.items()})
     write_h5(
         out_h5,
         {
@@ -178,6 +192,8 @@ def attack_stage(
             "label_recovery": bool(label_recovery),
             "augmentation_mode": augmentation_mode,
             "seed": int(seed),
+            "stage": stage,
+            "training_step": int(training_step),
         },
         fingerprint=fingerprint,
     )

@@ -20,9 +20,10 @@ import os
 
 import numpy as np
 
+from ats.attack.chance import training_mean_image
 from ats.attack.run import attack_stage
 from ats.case.datasets import load_dataset
-from ats.case.models import load_model
+from ats.case.models import load_model_with_meta
 from ats.case.normalisation import normalisation_constants
 from ats.defence.gradient import GradientDefence
 from ats.defence.names import parse_defence
@@ -30,6 +31,7 @@ from ats.policies import parse_policy
 from ats.runtime.device import resolve_device
 from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import derive_seed, seed_everything
+from ats.training.stages import FINAL
 from ats.transforms.pipeline import Preprocessor, draw_per_sample
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def attack_defence(
     model_fingerprint: str | None,
     arch: str,
     defence: str,
+    stage: str,
     attack: str,
     first_target: int,
     num_targets: int,
@@ -56,10 +59,11 @@ def attack_defence(
     out_h5: str | os.PathLike,
     fingerprint: str,
 ) -> None:
-    """Attack test images ``first_target … first_target + num_targets − 1`` of one trained defence.
+    """Attack test images ``first_target … first_target + num_targets − 1`` of one defence's model.
 
-    ``model_fingerprint`` is the configuration fingerprint the checkpoint must carry, so that a model
-    trained under another configuration is refused rather than attacked.
+    ``checkpoint`` is the model of training stage ``stage`` (:mod:`ats.training.stages`): the trained
+    model or a snapshot. ``model_fingerprint`` is the fingerprint it must carry, so that a model of
+    another configuration, defence or stage is refused rather than attacked.
     """
     spec = parse_defence(defence)
     data = load_dataset(dataset_h5)
@@ -72,9 +76,15 @@ def attack_defence(
     seed_everything(seed)
     torch_device = resolve_device(device)
     retain_freed_host_memory()
-    model = load_model(checkpoint, arch, data.spec.num_classes, data.spec.channels,
-                       expected_fingerprint=model_fingerprint).to(torch_device)
+    model, meta = load_model_with_meta(checkpoint, arch, data.spec.num_classes, data.spec.channels,
+                                       expected_fingerprint=model_fingerprint)
+    model = model.to(torch_device)
+    if meta.get("stage", FINAL) != stage:
+        raise ValueError(f"{checkpoint}: holds the model of training stage {meta.get('stage', FINAL)!r}, "
+                         f"not {stage!r}")
     mean, std = normalisation_constants(data.spec.name, normalisation)
+    preprocessor = Preprocessor(data.spec.channels, mean, std, device=torch_device)
+    train_mean = training_mean_image(data.train_images, lambda batch: preprocessor.augment(batch, "plain", ()))
 
     indices = np.arange(first_target, last)
     shares_transformed_image = transformed_target and spec.kind == "policy"
@@ -95,7 +105,7 @@ def attack_defence(
         images_uint8=data.test_images[indices],
         labels=data.test_labels[indices],
         target_indices=indices,
-        preprocessor=Preprocessor(data.spec.channels, mean, std, device=torch_device),
+        preprocessor=preprocessor,
         augmentation_mode=mode,
         policy=policy,
         draw=draw,
@@ -107,6 +117,9 @@ def attack_defence(
         label_recovery=label_recovery,
         seed=seed,
         device=torch_device,
+        train_mean=train_mean,
+        stage=stage,
+        training_step=int(meta.get("optimizer_steps", -1)),
         out_h5=out_h5,
         fingerprint=fingerprint,
     )

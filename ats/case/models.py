@@ -200,8 +200,21 @@ def load_model(
     Keys and shapes must fit exactly: a partially loaded model would silently bias every score and
     attack computed on it.
     """
+    return load_model_with_meta(checkpoint, arch, num_classes, num_channels,
+                                expected_fingerprint=expected_fingerprint)[0]
+
+
+def load_model_with_meta(
+    checkpoint: str | os.PathLike,
+    arch: str,
+    num_classes: int,
+    num_channels: int,
+    *,
+    expected_fingerprint: str | None = None,
+) -> tuple[nn.Module, dict]:
+    """:func:`load_model`, plus the ``meta`` the checkpoint records (empty for a plain state_dict)."""
     payload = load_checkpoint(checkpoint, expected_fingerprint=expected_fingerprint)
     model = build_model(arch, num_classes, num_channels)
     check_state_dict_compatible(payload["state_dict"], model, source=checkpoint)
     model.load_state_dict(payload["state_dict"], strict=True)
-    return model.eval()
+    return model.eval(), dict(payload["meta"])

@@ -508,12 +508,15 @@ def _show_mosaic(ax: Axes, images: np.ndarray, columns: int) -> list[float]:
 
 
 @_styled
-def plot_psnr_distributions(path: PathLike, psnr: Mapping[str, np.ndarray]) -> None:
-    """One horizontal box of per-image PSNR per label (defence and attack), in the given order.
+def plot_psnr_distributions(path: PathLike, psnr: Mapping[str, np.ndarray],
+                            chance: Mapping[str, float] | None = None) -> None:
+    """One horizontal box of per-image PSNR per label (defence, stage and attack), in the given order.
 
     Boxes show median and quartiles; with few images (≤ :data:`MAX_POINTS_FOR_JITTER`) every image
     is also a dot, jittered vertically with a fixed seed, since a box of three values hides more
     than it shows. Non-finite values (diverged attacks) are dropped and counted in the tick label.
+    ``chance[label]``, the best uninformed guess's mean PSNR on the same targets, is drawn as a
+    vertical bar across the label's box: a box around its bar is an attack that learnt nothing.
     """
     labels = list(psnr)
     figure = _figure(7.5, max(2.5, 1.0 + 0.35 * len(labels)))
@@ -538,6 +541,15 @@ def plot_psnr_distributions(path: PathLike, psnr: Mapping[str, np.ndarray]) -> N
         for index in with_values:
             ax.scatter(values[index], index + jitter.uniform(-0.18, 0.18, values[index].size), s=10,
                        color=REFERENCE_COLOUR, alpha=0.6, linewidths=0, zorder=3)
+    chance_drawn = False
+    for index, label in enumerate(labels):
+        level = _as_float((chance or {}).get(label, math.nan))
+        if math.isfinite(level):
+            ax.plot([level, level], [index - 0.4, index + 0.4], color=REFERENCE_COLOUR, linewidth=2, zorder=4,
+                    label=None if chance_drawn else "chance level (best uninformed guess)")
+            chance_drawn = True
+    if chance_drawn:
+        ax.legend(loc="best")
     for index, finite in enumerate(values):
         if not finite.size:
             ax.text(0.5, index, "no finite PSNR (every attack diverged)", transform=ax.get_yaxis_transform(),
@@ -563,47 +575,122 @@ def _count_label(label: str, total: int, finite: int) -> str:
 def plot_privacy_utility(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
     """One point per defence (and attack): test accuracy in percent (x) against mean PSNR (y).
 
-    ``rows`` are summary rows (:func:`ats.report.summary.summary_rows` or ``read_summary``).
-    Error bars are the per-image PSNR standard deviation; each point is labelled with its defence.
-    With several attacks, colour and marker tell them apart; with one, the title names it. Rows
-    without a finite accuracy or PSNR (untrained model, every attack diverged) are footnoted.
+    ``rows`` are summary rows (:func:`ats.report.summary.summary_rows` or ``read_summary``); each
+    training stage gets its own panel, in the order the rows give. Error bars are the bootstrap 95 %
+    interval of the mean PSNR; a short black dash at the same accuracy marks the chance level of
+    that defence's targets, so a point on its dash is an attack that learnt nothing. With several
+    attacks, colour and marker tell them apart; with one, the title names it. Rows without a finite
+    accuracy or PSNR (untrained model, every attack diverged) are footnoted.
     """
-    figure = _figure(7.5, 5.0)
-    ax = figure.add_subplot()
+    stages = list(dict.fromkeys(str(row.get("stage", "final")) for row in rows)) or ["final"]
+    figure = _figure(4.2 * len(stages) + 1.5, 5.0)
+    axes = figure.subplots(1, len(stages), squeeze=False, sharey=True)[0]
     attacks = list(dict.fromkeys(str(row["attack"]) for row in rows))
-    ax.set_title("Privacy against utility" + (f" (attack: {attacks[0]})" if len(attacks) == 1 else ""))
+    figure.suptitle("Privacy against utility" + (f" (attack: {attacks[0]})" if len(attacks) == 1 else ""))
     placeable = [row for row in rows if _has_position(row)]
     if not placeable:
-        _show_empty(ax, "No defence has both a finite test accuracy and a finite attack PSNR."
+        _show_empty(axes[0], "No defence has both a finite test accuracy and a finite attack PSNR."
                     if rows else "No summary rows to show.")
         _save(figure, path)
         return
-    for index, attack in enumerate(attacks):
-        points = [row for row in placeable if row["attack"] == attack]
-        if not points:
-            continue
-        x = [100.0 * _as_float(row["accuracy"]) for row in points]
-        y = [_as_float(row["psnr_mean"]) for row in points]
-        spread = np.nan_to_num([_as_float(row["psnr_std"]) for row in points], nan=0.0)
-        ax.errorbar(x, y, yerr=spread, fmt=MARKERS[index % len(MARKERS)], color=_series_style(index)["color"],
-                    markersize=6, capsize=3, elinewidth=1, label=attack)
+    for ax, stage in zip(axes, stages):
+        ax.set_title(f"attacked at stage: {stage}")
+        in_stage = [row for row in placeable if str(row.get("stage", "final")) == stage]
+        for index, attack in enumerate(attacks):
+            points = [row for row in in_stage if row["attack"] == attack]
+            if not points:
+                continue
+            x = np.array([100.0 * _as_float(row["accuracy"]) for row in points])
+            y = np.array([_as_float(row["psnr_mean"]) for row in points])
+            ax.errorbar(x, y, yerr=_interval_bars(points, "psnr_mean", "psnr"), fmt=MARKERS[index % len(MARKERS)],
+                        color=_series_style(index)["color"], markersize=6, capsize=3, elinewidth=1,
+                        label=attack if stage == stages[0] else None)
+            chance = np.array([_as_float(row.get("psnr_chance", math.nan)) for row in points])
+            if np.isfinite(chance).any():
+                ax.scatter(x, chance, marker="_", s=200, color=REFERENCE_COLOUR, linewidths=2, zorder=4,
+                           label="chance level" if stage == stages[0] and index == 0 else None)
+        _label_points(ax, in_stage)
+        ax.set_xlabel("test accuracy of the trained model (%)")
+        ax.margins(0.15)
+    axes[0].set_ylabel("mean PSNR of the attack (dB; lower is more private)")
+    axes[-1].text(0.99, 0.01, "better: accurate and hard to invert ↘", transform=axes[-1].transAxes, ha="right",
+                  va="bottom", fontsize=8, color="#555555", style="italic")
+    figure.legend(loc="outside right upper")
+    _add_footnote(figure, _not_shown_note(
+        "no finite accuracy or PSNR", [f"{row['defence']} / {row['attack']}" for row in rows if not _has_position(row)]))
+    _save(figure, path)
+
+
+def _interval_bars(rows: Sequence[Mapping[str, Any]], column: str, interval: str) -> np.ndarray:
+    """The ``(2, N)`` distances from each row's ``column`` down and up to its ``{interval}_ci_low``
+    and ``{interval}_ci_high`` (0 where there is no interval)."""
+    mean = np.array([_as_float(row[column]) for row in rows])
+    low = np.array([_as_float(row.get(f"{interval}_ci_low", math.nan)) for row in rows])
+    high = np.array([_as_float(row.get(f"{interval}_ci_high", math.nan)) for row in rows])
+    return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0.0)
+
+
+def _label_points(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Label each defence once, at its highest point, alternating sides so neighbours do not overlap."""
     highest: dict[str, tuple[float, float]] = {}
-    for row in placeable:
+    for row in rows:
         x_value, y_value = 100.0 * _as_float(row["accuracy"]), _as_float(row["psnr_mean"])
         if str(row["defence"]) not in highest or y_value > highest[str(row["defence"])][1]:
             highest[str(row["defence"])] = (x_value, y_value)
-    for defence, point in highest.items():  # once per defence: its attacks share the accuracy (x)
-        ax.annotate(defence, point, xytext=(6, 6), textcoords="offset points", fontsize=8,
+    for number, (defence, point) in enumerate(sorted(highest.items(), key=lambda item: item[1])):
+        ax.annotate(defence, point, xytext=(6 if number % 2 == 0 else -6, 6 if number % 4 < 2 else -10),
+                    textcoords="offset points", ha="left" if number % 2 == 0 else "right", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
-    ax.text(0.99, 0.01, "better: accurate and hard to invert ↘", transform=ax.transAxes, ha="right",
-            va="bottom", fontsize=8, color="#555555", style="italic")
-    ax.set_xlabel("test accuracy of the trained model (%)")
-    ax.set_ylabel("mean PSNR of the attack (dB; lower is more private)")
-    ax.margins(0.15)
-    if len(attacks) > 1:
-        figure.legend(loc="outside right upper", title="attack")
-    _add_footnote(figure, _not_shown_note(
-        "no finite accuracy or PSNR", [f"{row['defence']} / {row['attack']}" for row in rows if not _has_position(row)]))
+
+
+@_styled
+def plot_leak_across_training(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """PSNR (top) and its gain over chance (bottom) against the attacked model's training step.
+
+    One line per defence (and attack: line style), through its stages in training order, with the
+    bootstrap 95 % intervals as bars. The top panel also draws each defence's chance level as a
+    thin dotted line of its colour; the bottom panel's zero line is chance itself, so a bar that
+    crosses it is a stage where the attack cannot be told from an uninformed guess. The x axis is
+    symmetric-logarithmic, so that the untrained model (step 0) and the first steps stay apart
+    from the end of training.
+    """
+    figure = _figure(8.0, 7.0)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    figure.suptitle("Does the attack leak, and when in training? (bars: 95 % bootstrap intervals)")
+    usable = [row for row in rows if math.isfinite(_as_float(row["psnr_mean"]))
+              and _as_float(row.get("training_step", -1)) >= 0]
+    if not usable:
+        _show_empty(top, "No attack has a finite PSNR at a known training step.")
+        bottom.set_axis_off()
+        _save(figure, path)
+        return
+    attacks = list(dict.fromkeys(str(row["attack"]) for row in usable))
+    defences = list(dict.fromkeys(str(row["defence"]) for row in usable))
+    for index, defence in enumerate(defences):
+        colour = REFERENCE_COLOUR if defence == "none" else SERIES_COLOURS[index % len(SERIES_COLOURS)]
+        for attack_index, attack in enumerate(attacks):
+            points = sorted((row for row in usable if row["defence"] == defence and row["attack"] == attack),
+                            key=lambda row: _as_float(row["training_step"]))
+            if not points:
+                continue
+            steps = np.array([_as_float(row["training_step"]) for row in points])
+            style = {"color": colour, "linestyle": LINE_STYLES[attack_index % len(LINE_STYLES)],
+                     "marker": MARKERS[index % len(MARKERS)], "markersize": 5, "capsize": 3, "elinewidth": 1}
+            label = defence if len(attacks) == 1 else f"{defence} / {attack}"
+            top.errorbar(steps, [_as_float(row["psnr_mean"]) for row in points],
+                         yerr=_interval_bars(points, "psnr_mean", "psnr"), label=label, **style)
+            top.plot(steps, [_as_float(row.get("psnr_chance", math.nan)) for row in points], color=colour,
+                     linestyle=":", linewidth=1)
+            bottom.errorbar(steps, [_as_float(row["psnr_gain"]) for row in points],
+                            yerr=_interval_bars(points, "psnr_gain", "psnr_gain"), **style)
+    bottom.axhline(0.0, color=MUTED_COLOUR, linewidth=1, linestyle="--")
+    bottom.text(0.01, 0.02, "0 dB: chance (the best uninformed guess)", transform=bottom.transAxes, fontsize=8,
+                color="#555555", style="italic")
+    top.set_ylabel("mean PSNR (dB); dotted: chance level")
+    bottom.set_ylabel("PSNR gain over chance (dB)")
+    bottom.set_xlabel("optimizer steps of training when attacked (0: untrained)")
+    bottom.set_xscale("symlog", linthresh=1.0)
+    figure.legend(loc="outside right upper", title="defence")
     _save(figure, path)
 
 

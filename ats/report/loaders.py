@@ -17,6 +17,7 @@ import numpy as np
 
 from ats.runtime.atomic import read_tsv
 from ats.runtime.hdf5 import read_h5
+from ats.training.stages import FINAL
 
 ATTACK_METRICS = ("psnr", "ssim", "mse", "feature_mse")
 
@@ -29,11 +30,18 @@ def load_accuracy(metrics_json: PathLike) -> float:
         return float(json.load(handle)["test_accuracy"])
 
 
-def load_attack_metrics(attack_h5: PathLike) -> dict[str, np.ndarray]:
-    """Per-image PSNR, SSIM, MSE, feature MSE and divergence flags of one attack file."""
-    arrays, _ = read_h5(attack_h5)
-    metrics = {name: arrays[f"metrics/{name}"] for name in ATTACK_METRICS}
+def load_attack_metrics(attack_h5: PathLike) -> dict[str, Any]:
+    """The per-image scores of one attack file, as :func:`ats.report.summary.summary_rows` takes them.
+
+    ``psnr``, ``ssim``, ``mse``, ``feature_mse``, ``diverged``, ``target_indices``, every stored
+    ``chance/{guess}/{metric}`` and the ``training_step`` of the attacked model.
+    """
+    arrays, attrs = read_h5(attack_h5)
+    metrics: dict[str, Any] = {name: arrays[f"metrics/{name}"] for name in ATTACK_METRICS}
+    metrics.update({name: values for name, values in arrays.items() if name.startswith("chance/")})
     metrics["diverged"] = arrays["diverged"].astype(bool)
+    metrics["target_indices"] = arrays["target_indices"]
+    metrics["training_step"] = int(attrs.get("training_step", -1))
     return metrics
 
 
@@ -74,13 +82,14 @@ def spri_psnr_points(
     """``(policy, S_pri, PSNR)`` for every trained defence that has an S_pri from the search.
 
     The ``none`` defence (no augmentation) is the empty policy of the search. ``attack`` picks the
-    attack whose PSNR is used (default: the first attack in the summary).
+    attack whose PSNR is used (default: the first attack in the summary). The PSNR is that of the
+    trained model (stage ``final``), which is what the search claims to predict.
     """
     s_pri = {row["policy"]: float(row["s_pri_mean"]) for row in read_tsv(ranking_tsv)}
     attack = attack or summary[0]["attack"]
     points = []
     for row in summary:
         policy = "" if row["defence"] == "none" else row["defence"]
-        if row["attack"] == attack and policy in s_pri:
+        if row["attack"] == attack and row.get("stage", FINAL) == FINAL and policy in s_pri:
             points.append((row["defence"], s_pri[policy], float(row["psnr_mean"])))
     return points

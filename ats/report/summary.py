@@ -1,10 +1,22 @@
 """The summary table (``results/summary.tsv``) and the correlation statistics of the report.
 
-One row per defence and attack joins the utility of the trained model (its final test accuracy)
-with the privacy it gave (how well the attack reconstructed the test images). Attacks whose loss
-became NaN or Inf (``diverged``) produced no reconstruction worth scoring, so they are counted in
-``n_diverged`` and left out of every mean; averaging them in would make a numerically fragile attack
-look like a strong defence.
+One row per defence, training stage and attack joins the utility of the trained model (its final
+test accuracy) with the privacy it gave at that stage (how well the attack reconstructed the test
+images). Attacks whose loss became NaN or Inf (``diverged``) produced no reconstruction worth
+scoring, so they are counted in ``n_diverged`` and left out of every mean; averaging them in would
+make a numerically fragile attack look like a strong defence.
+
+A mean PSNR means something only beside what an uninformed guess scores on the same targets
+(:mod:`ats.attack.chance`) and beside its uncertainty, so every row also carries:
+
+* ``psnr_chance``/``ssim_chance``: the best uninformed guess's mean (``chance_guess`` names the
+  PSNR one), over the same images as ``psnr_mean``;
+* ``psnr_gain``: ``psnr_mean − psnr_chance``, with the interval of the per-image gain over that
+  guess, and ``vs_chance`` saying in words whether the attack is above, below or
+  indistinguishable from chance (the gain's interval excludes 0 or not);
+* BCa bootstrap 95 % intervals of the means (:mod:`ats.stats`);
+* ``psnr_diff_none``: the paired difference in PSNR from the ``none`` defence on the same
+  targets, at the same stage and with the same attack (NaN for ``none`` itself, or without it).
 """
 
 from __future__ import annotations
@@ -16,19 +28,43 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from ats.attack.chance import CHANCE_GUESSES
 from ats.runtime.atomic import read_tsv, write_tsv
+from ats.runtime.seeding import derive_seed
+from ats.stats import Estimate, mean_interval, paired_difference
 
 PER_IMAGE_METRICS: tuple[str, ...] = ("psnr", "ssim", "mse", "feature_mse")
 """Per-image reconstruction metrics the attack stage stores, besides the ``diverged`` flag."""
 
+REFERENCE_DEFENCE = "none"
+"""The defence every other one is compared with: no augmentation, no gradient defence."""
+
+ABOVE_CHANCE, AT_CHANCE, BELOW_CHANCE = "above chance", "indistinguishable from chance", "below chance"
+
 SUMMARY_COLUMNS: dict[str, Callable[[Any], Any]] = {
     "defence": str,
     "attack": str,
+    "stage": str,
+    "training_step": int,
     "accuracy": float,
     "psnr_mean": float,
+    "psnr_ci_low": float,
+    "psnr_ci_high": float,
     "psnr_std": float,
     "psnr_median": float,
+    "psnr_chance": float,
+    "chance_guess": str,
+    "psnr_gain": float,
+    "psnr_gain_ci_low": float,
+    "psnr_gain_ci_high": float,
+    "vs_chance": str,
     "ssim_mean": float,
+    "ssim_ci_low": float,
+    "ssim_ci_high": float,
+    "ssim_chance": float,
+    "psnr_diff_none": float,
+    "psnr_diff_none_ci_low": float,
+    "psnr_diff_none_ci_high": float,
     "mse_mean": float,
     "feature_mse_mean": float,
     "n_images": int,
@@ -45,46 +81,132 @@ MIN_CORRELATION_POINTS = 3
 
 
 def summary_rows(
-    defences: Sequence[str],
-    attacks: Sequence[str],
+    records: Sequence[Mapping[str, Any]],
     accuracy: Mapping[str, float],
-    per_image: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
+    *,
+    seed: int,
 ) -> list[dict[str, Any]]:
-    """One row per defence and attack (defence-major, in the given orders).
+    """One row per attack record, in the given order.
 
-    ``accuracy[defence]`` is the final test accuracy as a fraction in [0, 1], as the training stage
-    writes it; it is kept as a fraction so that no precision is lost (figures show percent).
-    ``per_image[(defence, attack)]`` holds equally long arrays ``psnr``, ``ssim``, ``mse``,
-    ``feature_mse`` and the boolean ``diverged``. ``n_images`` counts every attacked image,
-    ``n_diverged`` those whose attack diverged; the statistics use the other images, and of those
-    only finite values (a perfect reconstruction has PSNR = inf, which would swamp any mean).
-    ``psnr_std`` is the spread of the measured images (``ddof=0``), so one image gives 0, not NaN.
-    A statistic over no values is NaN.
+    Each record holds ``defence``, ``stage``, ``attack``, ``training_step``, ``target_indices`` and
+    equally long per-image arrays ``psnr``, ``ssim``, ``mse``, ``feature_mse``, the boolean
+    ``diverged`` and, per guess of :data:`ats.attack.chance.CHANCE_GUESSES`, ``chance/{guess}/psnr``
+    and ``chance/{guess}/ssim`` (as :func:`ats.report.loaders.load_attack_metrics` reads them).
+    ``accuracy[defence]`` is the final test accuracy as a fraction in [0, 1], kept as a fraction so
+    that no precision is lost (figures show percent).
+
+    ``n_images`` counts every attacked image, ``n_diverged`` those whose attack diverged; the
+    statistics use the other images, and of those only finite values (a perfect reconstruction has
+    PSNR = inf, which would swamp any mean). ``psnr_std`` is the spread of the measured images
+    (``ddof=0``), so one image gives 0, not NaN. A statistic over no values is NaN. ``seed`` seeds
+    the bootstrap of every interval (each row and metric its own stream).
     """
+    by_key = {(r["defence"], r["stage"], r["attack"]): r for r in records}
     rows = []
-    for defence in defences:
-        for attack in attacks:
-            metrics = per_image[(defence, attack)]
-            diverged = np.asarray(metrics["diverged"], dtype=bool).ravel()
-            kept = {
-                name: _finite_kept(metrics[name], ~diverged, f"{defence}/{attack}: {name}")
-                for name in PER_IMAGE_METRICS
-            }
-            row = {
-                "defence": defence,
-                "attack": attack,
-                "accuracy": accuracy[defence],
-                "psnr_mean": _statistic(np.mean, kept["psnr"]),
-                "psnr_std": _statistic(np.std, kept["psnr"]),
-                "psnr_median": _statistic(np.median, kept["psnr"]),
-                "ssim_mean": _statistic(np.mean, kept["ssim"]),
-                "mse_mean": _statistic(np.mean, kept["mse"]),
-                "feature_mse_mean": _statistic(np.mean, kept["feature_mse"]),
-                "n_images": diverged.size,
-                "n_diverged": int(diverged.sum()),
-            }
-            rows.append(_typed(row))
+    for record in records:
+        defence, stage, attack = record["defence"], record["stage"], record["attack"]
+        name = f"{defence}/{stage}/{attack}"
+        diverged = np.asarray(record["diverged"], dtype=bool).ravel()
+        kept = {metric: _finite_kept(record[metric], ~diverged, f"{name}: {metric}") for metric in PER_IMAGE_METRICS}
+
+        def interval(values: np.ndarray, what: str) -> Estimate:
+            return mean_interval(values, seed=derive_seed(seed, "summary", defence, stage, attack, what))
+
+        psnr, ssim = interval(kept["psnr"], "psnr"), interval(kept["ssim"], "ssim")
+        guess, gain = _gain_over_chance(record, diverged, name, interval)
+        reference = by_key.get((REFERENCE_DEFENCE, stage, attack))
+        difference = _paired_with_reference(record, reference, name, seed)
+        row = {
+            "defence": defence,
+            "attack": attack,
+            "stage": stage,
+            "training_step": record["training_step"],
+            "accuracy": accuracy[defence],
+            "psnr_mean": psnr.mean,
+            "psnr_ci_low": psnr.low,
+            "psnr_ci_high": psnr.high,
+            "psnr_std": _statistic(np.std, kept["psnr"]),
+            "psnr_median": _statistic(np.median, kept["psnr"]),
+            "psnr_chance": psnr.mean - gain.mean if guess else math.nan,
+            "chance_guess": guess,
+            "psnr_gain": gain.mean,
+            "psnr_gain_ci_low": gain.low,
+            "psnr_gain_ci_high": gain.high,
+            "vs_chance": _versus_chance(gain),
+            "ssim_mean": ssim.mean,
+            "ssim_ci_low": ssim.low,
+            "ssim_ci_high": ssim.high,
+            "ssim_chance": _best_chance_mean(record, diverged, "ssim"),
+            "psnr_diff_none": difference.mean,
+            "psnr_diff_none_ci_low": difference.low,
+            "psnr_diff_none_ci_high": difference.high,
+            "mse_mean": _statistic(np.mean, kept["mse"]),
+            "feature_mse_mean": _statistic(np.mean, kept["feature_mse"]),
+            "n_images": diverged.size,
+            "n_diverged": int(diverged.sum()),
+        }
+        rows.append(_typed(row))
     return rows
+
+
+def _usable(record: Mapping[str, Any], diverged: np.ndarray, metric: str) -> np.ndarray:
+    """Images whose attack did not diverge and whose ``metric`` is finite."""
+    values = np.asarray(record[metric], dtype=np.float64).ravel()
+    return ~diverged & np.isfinite(values)
+
+
+def _chance_means(record: Mapping[str, Any], keep: np.ndarray, metric: str) -> dict[str, float]:
+    """Mean of each stored guess's ``metric`` over the ``keep`` images (guesses absent: none)."""
+    means = {}
+    for guess in CHANCE_GUESSES:
+        key = f"chance/{guess}/{metric}"
+        if key in record and keep.any():
+            means[guess] = float(np.mean(np.asarray(record[key], dtype=np.float64).ravel()[keep]))
+    return means
+
+
+def _best_chance_mean(record: Mapping[str, Any], diverged: np.ndarray, metric: str) -> float:
+    means = _chance_means(record, _usable(record, diverged, metric), metric)
+    return max(means.values()) if means else math.nan
+
+
+def _gain_over_chance(record: Mapping[str, Any], diverged: np.ndarray, name: str,
+                      interval: Callable[[np.ndarray, str], Estimate]) -> tuple[str, Estimate]:
+    """The best PSNR guess (by its mean over the measured images) and the per-image gain over it."""
+    keep = _usable(record, diverged, "psnr")
+    means = _chance_means(record, keep, "psnr")
+    if not means:
+        return "", Estimate(math.nan, math.nan, math.nan, 0)
+    guess = max(means, key=lambda g: (means[g], -CHANCE_GUESSES.index(g)))
+    values = np.asarray(record["psnr"], dtype=np.float64).ravel()
+    chance = np.asarray(record[f"chance/{guess}/psnr"], dtype=np.float64).ravel()
+    if chance.shape != values.shape:
+        raise ValueError(f"{name}: chance/{guess}/psnr has {chance.size} values for {values.size} attacked images")
+    return guess, interval(values[keep] - chance[keep], "gain")
+
+
+def _versus_chance(gain: Estimate) -> str:
+    if gain.low > 0:
+        return ABOVE_CHANCE
+    if gain.high < 0:
+        return BELOW_CHANCE
+    return AT_CHANCE
+
+
+def _paired_with_reference(record: Mapping[str, Any], reference: Mapping[str, Any] | None, name: str,
+                           seed: int) -> Estimate:
+    """PSNR of ``record`` minus the reference defence's on the same targets (images usable in both)."""
+    if reference is None or record is reference:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    targets = np.asarray(record["target_indices"]).ravel()
+    if not np.array_equal(targets, np.asarray(reference["target_indices"]).ravel()):
+        raise ValueError(f"{name}: attacked other targets than {REFERENCE_DEFENCE} at the same stage; "
+                         f"a paired comparison needs the same test images")
+    values = np.where(_usable(record, np.asarray(record["diverged"], bool).ravel(), "psnr"),
+                      np.asarray(record["psnr"], dtype=np.float64).ravel(), np.nan)
+    base = np.where(_usable(reference, np.asarray(reference["diverged"], bool).ravel(), "psnr"),
+                    np.asarray(reference["psnr"], dtype=np.float64).ravel(), np.nan)
+    return paired_difference(values, base, seed=derive_seed(seed, "summary", name, "difference"))
 
 
 def _finite_kept(values: np.ndarray, keep: np.ndarray, what: str) -> np.ndarray:

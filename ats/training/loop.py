@@ -44,6 +44,7 @@ from ats.runtime.logs import progress
 from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import seed_everything, torch_generator
 from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
+from ats.training.stages import StageError, check_stages, parse_stage, steps_per_epoch
 from ats.transforms.pipeline import Preprocessor, sample_draw
 
 logger = logging.getLogger(__name__)
@@ -172,8 +173,16 @@ class _Run:
             raise ValueError(f"scheduler at epoch {self.scheduler.last_epoch}, history at {len(history)}")
         self.history = history
 
-    def train_epoch(self, epoch: int) -> tuple[float, float]:
-        """One pass over the training subset; returns mean loss and accuracy over its images."""
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.train_labels), self.batch_size)
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[float, float]:
+        """One pass over the training subset; returns mean loss and accuracy over its images.
+
+        ``max_steps`` ends the pass after that many batches (a snapshot inside an epoch); the
+        scheduler is then not stepped, and the returned means cover the images seen.
+        """
         self.model.train()
         num_images = len(self.train_labels)
         order = torch.randperm(num_images, generator=torch_generator(self.seed, "order", epoch)).to(self.device)
@@ -181,7 +190,10 @@ class _Run:
         image_size = self.train_images.shape[-1]
         batch_loss_sums: list[torch.Tensor] = []
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
         for batch, start in enumerate(range(0, num_images, self.batch_size)):
+            if max_steps is not None and batch >= max_steps:
+                break
             indices = order[start : start + self.batch_size]
             draw = None if mode == "plain" else sample_draw(
                 self.policy, len(indices), torch_generator(self.seed, "augment", epoch, batch), image_size=image_size
@@ -201,9 +213,12 @@ class _Run:
             # Kept on the device: one host sync per epoch instead of one per batch.
             batch_loss_sums.append(loss.detach() * len(indices))
             correct += (logits.argmax(dim=1) == labels).sum()
-        self.scheduler.step()
+            seen += len(indices)
         loss_sums = torch.stack(batch_loss_sums)
         self._fail_if_diverged(epoch, loss_sums)
+        if seen < num_images:
+            return loss_sums.sum().item() / seen, correct.item() / seen
+        self.scheduler.step()
         return loss_sums.sum().item() / num_images, correct.item() / num_images
 
     def _defend_gradients(self, epoch: int, batch: int) -> None:
@@ -275,6 +290,75 @@ def _resume(path: Path, run: _Run, run_fingerprint: str) -> None:
     logger.info("resuming from epoch %d of %d (state %s)", run.epochs_done, run.epochs, path)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A run set up from the stage arguments, before its first epoch."""
+
+    run: _Run
+    dataset: str
+    num_train_images: int
+    run_fingerprint: str
+
+
+def _prepare_run(
+    *,
+    dataset_h5: str | os.PathLike,
+    arch: str,
+    defence: str,
+    epochs: int,
+    batch_size: int,
+    train_fraction: float,
+    seed: int,
+    device: str,
+    normalisation: str,
+    eval_every: int,
+    test_images: int | None,
+    amp: bool,
+    compile: bool,
+    fingerprint: str,
+) -> _Prepared:
+    """Check the settings, load the data onto the device and build the run as at its first step.
+
+    Training and snapshots share this, so a snapshot replays exactly the run that training does.
+    """
+    if epochs < 1 or batch_size < 1 or eval_every < 1 or (test_images is not None and test_images < 1):
+        raise ValueError(f"epochs ({epochs}), batch_size ({batch_size}), eval_every ({eval_every}) and "
+                         f"test_images ({test_images}) must be positive")
+    defence_spec = parse_defence(defence)
+    torch_device = resolve_device(device)
+    retain_freed_host_memory()
+    acceleration = _Acceleration.for_device(torch_device, amp, compile)
+    data = load_dataset(dataset_h5)
+    mean, std = normalisation_constants(data.spec.name, normalisation)
+    subset = training_subset(len(data.train_labels), train_fraction, seed).numpy()
+    run = _Run(
+        arch=arch,
+        num_classes=data.spec.num_classes,
+        channels=data.spec.channels,
+        defence=defence_spec,
+        train_images=_images_on_device(data.train_images[subset], torch_device),
+        train_labels=torch.from_numpy(data.train_labels[subset]).to(torch_device),
+        test_images=_images_on_device(data.test_images[:test_images], torch_device),
+        test_labels=torch.from_numpy(data.test_labels[:test_images]).to(torch_device),
+        preprocess=Preprocessor(data.spec.channels, mean, std, torch_device),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=torch_device,
+        acceleration=acceleration,
+    )
+    run_fingerprint = fingerprint_of({
+        "config": fingerprint, "dataset": data.spec.name, "arch": arch, "defence": defence,
+        "epochs": epochs, "batch_size": batch_size, "train_fraction": float(train_fraction), "seed": seed,
+        "normalisation": normalisation, "eval_every": eval_every, "test_images": test_images,
+        "bf16_autocast": acceleration.bf16_autocast,
+        "compile": acceleration.compile,
+    })
+    logger.info("training %s on %d images of %s, defence %r, %d epochs, batch %d, device %s",
+                arch, len(subset), data.spec.name, defence, epochs, batch_size, torch_device)
+    return _Prepared(run, data.spec.name, len(subset), run_fingerprint)
+
+
 def train_stage(
     *,
     dataset_h5: str | os.PathLike,
@@ -311,43 +395,14 @@ def train_stage(
     use it; it also splits a long training over wall-clock-limited jobs). Returns the metrics, or
     ``None`` when stopped early.
     """
-    if epochs < 1 or batch_size < 1 or eval_every < 1 or (test_images is not None and test_images < 1):
-        raise ValueError(f"epochs ({epochs}), batch_size ({batch_size}), eval_every ({eval_every}) and "
-                         f"test_images ({test_images}) must be positive")
-    defence_spec = parse_defence(defence)
-    torch_device = resolve_device(device)
-    retain_freed_host_memory()
-    acceleration = _Acceleration.for_device(torch_device, amp, compile)
-    data = load_dataset(dataset_h5)
-    mean, std = normalisation_constants(data.spec.name, normalisation)
-    subset = training_subset(len(data.train_labels), train_fraction, seed).numpy()
-    run = _Run(
-        arch=arch,
-        num_classes=data.spec.num_classes,
-        channels=data.spec.channels,
-        defence=defence_spec,
-        train_images=_images_on_device(data.train_images[subset], torch_device),
-        train_labels=torch.from_numpy(data.train_labels[subset]).to(torch_device),
-        test_images=_images_on_device(data.test_images[:test_images], torch_device),
-        test_labels=torch.from_numpy(data.test_labels[:test_images]).to(torch_device),
-        preprocess=Preprocessor(data.spec.channels, mean, std, torch_device),
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        device=torch_device,
-        acceleration=acceleration,
+    prepared = _prepare_run(
+        dataset_h5=dataset_h5, arch=arch, defence=defence, epochs=epochs, batch_size=batch_size,
+        train_fraction=train_fraction, seed=seed, device=device, normalisation=normalisation,
+        eval_every=eval_every, test_images=test_images, amp=amp, compile=compile, fingerprint=fingerprint,
     )
-    run_fingerprint = fingerprint_of({
-        "config": fingerprint, "dataset": data.spec.name, "arch": arch, "defence": defence,
-        "epochs": epochs, "batch_size": batch_size, "train_fraction": float(train_fraction), "seed": seed,
-        "normalisation": normalisation, "eval_every": eval_every, "test_images": test_images,
-        "bf16_autocast": acceleration.bf16_autocast,
-        "compile": acceleration.compile,
-    })
+    run, run_fingerprint = prepared.run, prepared.run_fingerprint
     state_file = Path(state_path)
     _resume(state_file, run, run_fingerprint)
-    logger.info("training %s on %d images of %s, defence %r, %d epochs, batch %d, device %s",
-                arch, len(subset), data.spec.name, defence, epochs, batch_size, torch_device)
 
     epochs_this_call = 0
     for epoch in progress(range(run.epochs_done, epochs), desc=f"train {defence}",
@@ -372,11 +427,67 @@ def train_stage(
         logger.info("epoch %d (last %d): lr %.4g, train loss %.4f acc %.4f%s, %.1f s",
                     epoch, epochs - 1, lr, train_loss, train_accuracy, tested, seconds)
 
-    metrics = _write_outputs(run, data.spec.name, out_checkpoint, out_history_tsv, out_metrics_json,
+    metrics = _write_outputs(run, prepared.dataset, out_checkpoint, out_history_tsv, out_metrics_json,
                              fingerprint=fingerprint, train_fraction=train_fraction,
-                             num_train_images=len(subset))
+                             num_train_images=prepared.num_train_images)
     state_file.unlink(missing_ok=True)
     return metrics
+
+
+def snapshot_stage(
+    *,
+    dataset_h5: str | os.PathLike,
+    arch: str,
+    defence: str,
+    stage: str,
+    out_checkpoint: str | os.PathLike,
+    epochs: int,
+    batch_size: int = CONSERVATIVE.batch_size,
+    train_fraction: float = 1.0,
+    seed: int,
+    device: str,
+    normalisation: str,
+    eval_every: int = 10,
+    test_images: int | None = None,
+    amp: bool = False,
+    compile: bool = False,
+    fingerprint: str,
+) -> int:
+    """Write the model of training stage ``stage`` (``init``, ``step-N``, ``epoch-N``) of a training run.
+
+    The run is the one :func:`train_stage` performs with the same arguments, replayed from its
+    start up to the stage: the same initial weights, data order, draws and learning-rate schedule
+    (the schedule of the whole ``epochs``-epoch run), so on the CPU the snapshot is bitwise the model
+    that training passes through. Replaying keeps snapshots separate jobs: adding a stage to a
+    finished evaluation costs the replayed steps, not a new training. ``fingerprint`` is the
+    snapshot's own (the configuration and the stage); it is stored in the checkpoint with the
+    optimiser step count. Returns that step count.
+    """
+    target = parse_stage(stage)
+    if target.unit == "final":
+        raise StageError("the 'final' stage is the trained model itself; train_stage writes it")
+    prepared = _prepare_run(
+        dataset_h5=dataset_h5, arch=arch, defence=defence, epochs=epochs, batch_size=batch_size,
+        train_fraction=train_fraction, seed=seed, device=device, normalisation=normalisation,
+        eval_every=eval_every, test_images=test_images, amp=amp, compile=compile, fingerprint=fingerprint,
+    )
+    run = prepared.run
+    check_stages([stage], epochs=epochs, train_images=prepared.num_train_images, batch_size=batch_size)
+    steps = target.optimizer_steps(epochs=epochs, steps_per_epoch=run.steps_per_epoch)
+    done = 0
+    for epoch in progress(range(epochs), desc=f"replay {defence} to {stage}", total=-(-steps // run.steps_per_epoch)):
+        if done >= steps:
+            break
+        batches = min(run.steps_per_epoch, steps - done)
+        train_loss, train_accuracy = run.train_epoch(epoch, max_steps=batches)
+        done += batches
+        logger.info("epoch %d: %d steps (total %d of %d), train loss %.4f acc %.4f",
+                    epoch, batches, done, steps, train_loss, train_accuracy)
+    save_checkpoint(out_checkpoint, run.model.state_dict(), fingerprint=fingerprint, meta={
+        "dataset": prepared.dataset, "arch": arch, "defence": defence, "stage": stage, "optimizer_steps": steps,
+        "num_classes": run.model_spec[1], "channels": run.model_spec[2]})
+    logger.info("wrote the %s model of defence %s (%d optimizer steps) to %s", stage, defence, steps, out_checkpoint)
+    return steps
 
 
 def _write_outputs(
@@ -406,9 +517,10 @@ def _write_outputs(
         "train_accuracy": last["train_accuracy"],
         "train_loss": last["train_loss"],
         "train_seconds": sum(row["seconds"] for row in run.history),
+        "optimizer_steps": run.epochs * run.steps_per_epoch,
     }
     meta = {key: metrics[key] for key in ("dataset", "arch", "defence", "epochs", "seed", "train_fraction",
-                                          "test_accuracy")}
+                                          "test_accuracy", "optimizer_steps")}
     save_checkpoint(out_checkpoint, run.model.state_dict(), fingerprint=fingerprint,
                     meta={**meta, "num_classes": num_classes, "channels": channels})
     write_tsv(out_history_tsv, HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in run.history])

@@ -4,12 +4,13 @@
 rule attack_defence:
     input:
         dataset=get_dataset_file(),
-        model="results/train/{defence}/model.pt",
+        model=get_attacked_model,
     output:
-        "results/attack/{defence}/{attack}.h5",
+        "results/attack/{defence}/{stage}/{attack}.h5",
     params:
         arch=config["model"]["arch"],
         defence="{defence}",
+        stage="{stage}",
         attack="{attack}",
         first_target=config["attack"]["first_target"],
         num_targets=config["attack"]["num_targets"],
@@ -21,12 +22,12 @@ rule attack_defence:
         seed=config["seed"],
         device=config["device"],
         normalisation=config["dataset"]["normalisation"],
-        model_fingerprint=get_train_fingerprint,
+        model_fingerprint=get_model_fingerprint,
         fingerprint=get_attack_fingerprint,
     log:
-        "results/logs/attack_defence/{defence}/{attack}.log",
+        "results/logs/attack_defence/{defence}/{stage}/{attack}.log",
     benchmark:
-        "results/benchmarks/attack_defence/{defence}/{attack}.tsv"
+        "results/benchmarks/attack_defence/{defence}/{stage}/{attack}.tsv"
     threads: 2
     resources:
         gpu=1,
@@ -48,6 +49,7 @@ rule plot_reconstructions:
         ),
     params:
         defences=get_defences,
+        stages=get_stages(),
         attacks=get_attacks(),
         grid_images=config["report"]["grid_images"],
     log:
@@ -55,23 +57,3 @@ rule plot_reconstructions:
     threads: 1
     script:
         "../scripts/plot_reconstructions.py"
-
-
-rule plot_psnr_distributions:
-    input:
-        attacks=get_attack_files,
-    output:
-        report(
-            "results/report/psnr_distributions.svg",
-            caption="../report/psnr_distributions.rst",
-            category="Attacks",
-            labels={"figure": "PSNR distributions"},
-        ),
-    params:
-        defences=get_defences,
-        attacks=get_attacks(),
-    log:
-        "results/logs/plot_psnr_distributions.log",
-    threads: 1
-    script:
-        "../scripts/plot_psnr_distributions.py"

@@ -14,6 +14,7 @@ from ats.case.normalisation import dataset_spec
 from ats.config import ConfigError, check_config, describe_schema_error
 from ats.policies import candidate_policies
 from ats.runtime.fingerprint import fingerprint
+from ats.training.stages import FINAL, STAGE_PATTERN
 
 
 def _validate_config():
@@ -45,6 +46,7 @@ CHANNELS = dataset_spec(DATASET).channels
 
 wildcard_constraints:
     shard=r"\d{4}",
+    stage=STAGE_PATTERN,
     defence=r"[A-Za-z0-9.+\-]+",
     attack=r"[A-Za-z0-9_\-]+",
 
@@ -86,9 +88,9 @@ def get_shard_fingerprint(wildcards):
             "pretrain": get_pretrain_fingerprint(),
             "eval_set": get_eval_set_fingerprint(),
             "policies": get_shard_policies(wildcards),
+            "repeat": int(wildcards.repeat),
         }
     )
-            "repeat": int(wildcards.repeat),
 
 
 def get_training_settings():
@@ -115,10 +117,17 @@ def get_attack_settings():
     return {key: config["attack"][key] for key in keys}
 
 
+def get_model_fingerprint(wildcards):
+    """The fingerprint of the model attacked at ``wildcards.stage``: the trained one, or a snapshot."""
+    if wildcards.stage == FINAL:
+        return get_train_fingerprint(wildcards)
+    return fingerprint({"train": get_train_fingerprint(wildcards), "stage": wildcards.stage})
+
+
 def get_attack_fingerprint(wildcards):
     return fingerprint(
         {
-            "train": get_train_fingerprint(wildcards),
+            "model": get_model_fingerprint(wildcards),
             "attack": wildcards.attack,
             "settings": get_attack_settings(),
         }
@@ -218,9 +227,23 @@ def get_train_histories(wildcards=None):
     return expand("results/train/{defence}/history.tsv", defence=get_defences())
 
 
+def get_stages():
+    return list(config["attack"]["stages"])
+
+
+def get_attacked_model(wildcards):
+    """The checkpoint that the attack of ``wildcards.stage`` reads."""
+    if wildcards.stage == FINAL:
+        return rules.train_defence.output.model
+    return rules.snapshot_defence.output.model
+
+
 def get_attack_files(wildcards=None):
     return expand(
-        "results/attack/{defence}/{attack}.h5", defence=get_defences(), attack=get_attacks()
+        rules.attack_defence.output[0],
+        defence=get_defences(),
+        stage=get_stages(),
+        attack=get_attacks(),
     )
 
 
@@ -241,4 +264,7 @@ def get_final_outputs():
         "results/report/training_curves.svg",
         "results/report/psnr_distributions.svg",
         "results/report/spri_vs_psnr.svg",
+        "results/report/findings.html",
+        "results/report/leak_across_training.svg",
+        "results/report/published_comparison.tsv",
     ] + get_search_reports()

@@ -4,8 +4,8 @@
 
 rule compare_published:
     input:
-        summary="results/summary.tsv",
-        ranking="results/search/ranking.tsv" if SEARCH_ENABLED else [],
+        summary=rules.summarize.output[0],
+        ranking=rules.select_policies.output.ranking if SEARCH_ENABLED else [],
     output:
         report(
             "results/report/published_comparison.tsv",

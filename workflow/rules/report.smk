@@ -15,7 +15,9 @@ rule summarize:
         ),
     params:
         defences=get_defences,
+        stages=get_stages(),
         attacks=get_attacks(),
+        seed=config["seed"],
     log:
         "results/logs/summarize.log",
     threads: 1
@@ -23,9 +25,31 @@ rule summarize:
         "../scripts/summarize.py"
 
 
+rule plot_psnr_distributions:
+    input:
+        attacks=get_attack_files,
+        summary=rules.summarize.output[0],
+    output:
+        report(
+            "results/report/psnr_distributions.svg",
+            caption="../report/psnr_distributions.rst",
+            category="Attacks",
+            labels={"figure": "PSNR distributions"},
+        ),
+    params:
+        defences=get_defences,
+        stages=get_stages(),
+        attacks=get_attacks(),
+    log:
+        "results/logs/plot_psnr_distributions.log",
+    threads: 1
+    script:
+        "../scripts/plot_psnr_distributions.py"
+
+
 rule plot_privacy_utility:
     input:
-        summary="results/summary.tsv",
+        summary=rules.summarize.output[0],
     output:
         report(
             "results/report/privacy_utility.svg",
@@ -42,7 +66,7 @@ rule plot_privacy_utility:
 
 rule plot_spri_vs_psnr:
     input:
-        summary="results/summary.tsv",
+        summary=rules.summarize.output[0],
         ranking="results/search/ranking.tsv" if SEARCH_ENABLED else [],
     output:
         report(
@@ -58,6 +82,40 @@ rule plot_spri_vs_psnr:
         "../scripts/plot_spri_vs_psnr.py"
 
 
+rule write_findings:
+    input:
+        summary=rules.summarize.output[0],
+    output:
+        report(
+            "results/report/findings.html",
+            caption="../report/findings.rst",
+            category="Summary",
+            labels={"page": "findings in words"},
+        ),
+    log:
+        "results/logs/write_findings.log",
+    threads: 1
+    script:
+        "../scripts/write_findings.py"
+
+
+rule plot_leak_across_training:
+    input:
+        summary=rules.summarize.output[0],
+    output:
+        report(
+            "results/report/leak_across_training.svg",
+            caption="../report/leak_across_training.rst",
+            category="Summary",
+            labels={"figure": "leak across training"},
+        ),
+    log:
+        "results/logs/plot_leak_across_training.log",
+    threads: 1
+    script:
+        "../scripts/plot_leak_across_training.py"
+
+
 localrules:
     list_candidates,
     select_policies,
@@ -70,3 +128,5 @@ localrules:
     summarize,
     plot_privacy_utility,
     plot_spri_vs_psnr,
+    write_findings,
+    plot_leak_across_training,

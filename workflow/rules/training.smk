@@ -37,6 +37,39 @@ rule train_defence:
         "../scripts/train.py"
 
 
+rule snapshot_defence:
+    input:
+        dataset=get_dataset_file(),
+    output:
+        model="results/train/{defence}/snapshots/{stage}.pt",
+    params:
+        arch=config["model"]["arch"],
+        defence="{defence}",
+        stage="{stage}",
+        epochs=config["training"]["epochs"],
+        batch_size=config["training"]["batch_size"],
+        train_fraction=config["training"]["train_fraction"],
+        eval_every=config["training"]["eval_every"],
+        test_images=config["training"]["test_images"],
+        amp=config["training"]["amp"],
+        compile=config["training"]["compile"],
+        seed=config["seed"],
+        device=config["device"],
+        normalisation=config["dataset"]["normalisation"],
+        fingerprint=get_model_fingerprint,
+    log:
+        "results/logs/snapshot_defence/{defence}/{stage}.log",
+    benchmark:
+        "results/benchmarks/snapshot_defence/{defence}/{stage}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    script:
+        "../scripts/snapshot.py"
+
+
 rule plot_training_curves:
     input:
         histories=get_train_histories,

@@ -13,6 +13,7 @@ attack_defence(
     model_fingerprint=params.model_fingerprint,
     arch=params.arch,
     defence=params.defence,
+    stage=params.stage,
     attack=params.attack,
     first_target=params.first_target,
     num_targets=params.num_targets,

@@ -1,18 +1,26 @@
-"""Snakemake adapter: per-image PSNR distributions, one box per defence and attack."""
+"""Snakemake adapter: per-image PSNR distributions, one box per defence, stage and attack, with chance."""
+
+from itertools import product
 
 from ats.report.figures import plot_psnr_distributions
 from ats.report.loaders import load_attack_metrics
+from ats.report.summary import read_summary
 from ats.runtime.logs import configure
 
 configure(snakemake.log[0])
 
 params = snakemake.params
-plot_psnr_distributions(
-    snakemake.output[0],
-    {
-        (f"{defence} / {attack}" if len(params.attacks) > 1 else defence):
-        load_attack_metrics(f"results/attack/{defence}/{attack}.h5")["psnr"]
-        for defence in params.defences
-        for attack in params.attacks
-    },
-)
+
+
+def label(defence, stage, attack):
+    return f"{defence} @ {stage}" + (f" / {attack}" if len(params.attacks) > 1 else "")
+
+
+# The attack files come in the order of product(defences, stages, attacks) (get_attack_files).
+psnr = {
+    label(*key): load_attack_metrics(path)["psnr"]
+    for key, path in zip(product(params.defences, params.stages, params.attacks), snakemake.input.attacks, strict=True)
+}
+chance = {label(row["defence"], row["stage"], row["attack"]): row["psnr_chance"]
+          for row in read_summary(snakemake.input.summary)}
+plot_psnr_distributions(snakemake.output[0], psnr, chance)

@@ -1,4 +1,6 @@
-"""Snakemake adapter: the same attacked images, truth against reconstruction, for every defence."""
+"""Snakemake adapter: the same attacked images, truth against reconstruction, for every defence and stage."""
+
+from itertools import product
 
 from ats.report.figures import plot_reconstruction_grid
 from ats.report.loaders import load_reconstructions
@@ -7,10 +9,12 @@ from ats.runtime.logs import configure
 configure(snakemake.log[0])
 
 params = snakemake.params
+# The attack files come in the order of product(defences, stages, attacks) (get_attack_files).
 blocks = [
-    (f"{defence} / {attack}" if len(params.attacks) > 1 else defence,
-     *load_reconstructions(f"results/attack/{defence}/{attack}.h5", params.grid_images))
-    for defence in params.defences
-    for attack in params.attacks
+    (f"{defence} @ {stage}" + (f" / {attack}" if len(params.attacks) > 1 else ""),
+     *load_reconstructions(path, params.grid_images))
+    for (defence, stage, attack), path in zip(
+        product(params.defences, params.stages, params.attacks), snakemake.input.attacks, strict=True
+    )
 ]
 plot_reconstruction_grid(snakemake.output[0], blocks)

@@ -1,4 +1,6 @@
-"""Snakemake adapter: one summary row per defence and attack."""
+"""Snakemake adapter: one summary row per defence, training stage and attack."""
+
+from itertools import product
 
 from ats.report.loaders import load_accuracy, load_attack_metrics
 from ats.report.summary import summary_rows, write_summary
@@ -6,13 +8,16 @@ from ats.runtime.logs import configure
 
 configure(snakemake.log[0])
 
-defences, attacks = snakemake.params.defences, snakemake.params.attacks
-rows = summary_rows(
-    defences,
-    attacks,
-    accuracy={d: load_accuracy(f"results/train/{d}/metrics.json") for d in defences},
-    per_image={
-        (d, a): load_attack_metrics(f"results/attack/{d}/{a}.h5") for d in defences for a in attacks
-    },
-)
-write_summary(snakemake.output[0], rows)
+params = snakemake.params
+# The attack files come in the order of product(defences, stages, attacks) (get_attack_files).
+records = [
+    {**load_attack_metrics(path), "defence": defence, "stage": stage, "attack": attack}
+    for (defence, stage, attack), path in zip(
+        product(params.defences, params.stages, params.attacks), snakemake.input.attacks, strict=True
+    )
+]
+accuracy = {
+    defence: load_accuracy(path)
+    for defence, path in zip(params.defences, snakemake.input.metrics, strict=True)
+}
+write_summary(snakemake.output[0], summary_rows(records, accuracy, seed=params.seed))

@@ -1,0 +1,92 @@
+"""Chance levels: what a reconstruction that learnt nothing from the gradient scores on the same targets.
+
+A PSNR of 8 dB sounds like a failed attack and 12 dB like a partial success, but on Fashion-MNIST
+the training split's mean image alone scores about 12 dB against typical test images, and an
+all-black image about 8.5 dB. A policy that darkens or equalises the targets moves these levels
+too, so a drop in an attack's PSNR can be a change of the targets rather than protection. Every
+attack is therefore scored beside uninformed guesses of the same targets:
+
+* ``black`` (all zeros) and ``grey`` (all 0.5): what any attacker can output;
+* ``train_mean``: the mean image of the (plainly preprocessed) training split, the best guess an
+  attacker with the data distribution but no gradient can make under MSE;
+* ``attack_start``: the attack's own starting image, clamped to [0, 1]: what the attack would
+  return had it not moved.
+
+The chance level of a set of targets is the best of these guesses by its mean over the targets
+(:mod:`ats.report.summary`); no guess looks at the targets.
+
+Torch is imported inside the functions, so that the summary, which only needs the guesses' names,
+starts without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+CHANCE_GUESSES: tuple[str, ...] = ("black", "grey", "train_mean", "attack_start")
+"""The uninformed guesses, in the order they are stored and tried."""
+
+CHANCE_METRICS: tuple[str, ...] = ("psnr", "ssim")
+"""The metrics every guess is scored with, as the reconstructions are."""
+
+_MEAN_IMAGE_CHUNK = 4096
+"""Training images preprocessed at a time while averaging; bounds memory, not results."""
+
+
+def training_mean_image(images_uint8: np.ndarray,
+                        preprocess_plain: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """The pixel-wise mean ``(C, H, W)`` in [0, 1] (float64) of ``images_uint8`` after plain preprocessing.
+
+    ``preprocess_plain(batch)`` maps a ``uint8`` N×H×W×C batch to ``uint8`` N×C×32×32 pixels (the
+    pipeline's ``plain`` mode, which resizes Fashion-MNIST to 32×32), so the mean lives where the
+    targets do.
+    """
+    import torch
+
+    if images_uint8.ndim != 4 or len(images_uint8) == 0:
+        raise ValueError(f"need a non-empty N×H×W×C image array, got shape {images_uint8.shape}")
+    total: torch.Tensor | None = None
+    for start in range(0, len(images_uint8), _MEAN_IMAGE_CHUNK):
+        pixels = preprocess_plain(images_uint8[start:start + _MEAN_IMAGE_CHUNK])
+        chunk_sum = pixels.to(torch.float64).sum(dim=0)
+        total = chunk_sum if total is None else total + chunk_sum
+    assert total is not None
+    return (total / (255.0 * len(images_uint8))).cpu()
+
+
+def uninformed_guesses(targets: torch.Tensor, train_mean: torch.Tensor,
+                       attack_start: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every guess of :data:`CHANCE_GUESSES` for ``targets`` ``(B, C, H, W)``, each of the same shape.
+
+    ``train_mean`` is ``(C, H, W)``; ``attack_start`` is ``(B, C, H, W)`` in pixel space (not
+    normalised) and is clamped to [0, 1].
+    """
+    import torch
+
+    if train_mean.shape != targets.shape[1:] or attack_start.shape != targets.shape:
+        raise ValueError(f"guesses must match targets {tuple(targets.shape)}: train_mean "
+                         f"{tuple(train_mean.shape)}, attack_start {tuple(attack_start.shape)}")
+    like = dict(dtype=targets.dtype, device=targets.device)
+    return {
+        "black": torch.zeros_like(targets),
+        "grey": torch.full_like(targets, 0.5),
+        "train_mean": train_mean.to(**like).expand_as(targets),
+        "attack_start": attack_start.to(**like).clamp(0, 1),
+    }
+
+
+def chance_metrics(targets: torch.Tensor, guesses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-image PSNR and SSIM of every guess, keyed ``"{guess}/{metric}"`` (``(B,)`` each)."""
+    from ats.attack.metrics import psnr, ssim
+
+    scores = {}
+    for name in CHANCE_GUESSES:
+        guess = guesses[name].contiguous()
+        scores[f"{name}/psnr"] = psnr(guess, targets)
+        scores[f"{name}/ssim"] = ssim(guess, targets)
+    return scores

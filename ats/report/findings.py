@@ -1,0 +1,96 @@
+"""The report's verdicts in words: which defences can be told from chance, and which attacks failed.
+
+A table of PSNRs invites reading every lower number as more privacy. The sentences written here
+read the summary the way a careful reviewer would:
+
+* an attack that does not beat chance on the undefended model (``none``) at some stage failed
+  there, so the defences' numbers at that stage say nothing about protection;
+* where the undefended model leaks, each defence either still leaks (its gain over chance has an
+  interval above 0) or cannot be told from chance, and its paired difference from ``none`` on the
+  same targets says how much of the leak it removed, with its interval.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from ats.report.summary import ABOVE_CHANCE, BELOW_CHANCE, REFERENCE_DEFENCE
+from ats.runtime.atomic import atomic_path
+
+
+def _interval(low: Any, high: Any, digits: int = 2) -> str:
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "[no interval]"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _psnr_phrase(row: Mapping[str, Any]) -> str:
+    return (f"PSNR {float(row['psnr_mean']):.2f} dB {_interval(row['psnr_ci_low'], row['psnr_ci_high'])}, "
+            f"{float(row['psnr_gain']):+.2f} dB {_interval(row['psnr_gain_ci_low'], row['psnr_gain_ci_high'])} "
+            f"over chance ({float(row['psnr_chance']):.2f} dB, {row['chance_guess'] or 'no guess'}), "
+            f"SSIM {float(row['ssim_mean']):.3f} (chance {float(row['ssim_chance']):.3f})")
+
+
+def _defence_sentence(row: Mapping[str, Any]) -> str:
+    difference = (f"; {float(row['psnr_diff_none']):+.2f} dB "
+                  f"{_interval(row['psnr_diff_none_ci_low'], row['psnr_diff_none_ci_high'])} against "
+                  f"{REFERENCE_DEFENCE} on the same targets" if math.isfinite(float(row["psnr_diff_none"])) else "")
+    if row["vs_chance"] == ABOVE_CHANCE:
+        verdict = "still leaks"
+    elif row["vs_chance"] == BELOW_CHANCE:
+        verdict = "scores below chance: the attack learnt nothing useful against it"
+    else:
+        verdict = "cannot be told from chance"
+    return f"{row['defence']} {verdict}: {_psnr_phrase(row)}{difference}."
+
+
+def findings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Per attack and stage (in the rows' order): a heading and its sentences."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((str(row["attack"]), str(row["stage"])), []).append(row)
+    sections = []
+    for (attack, stage), group in groups.items():
+        heading = f"Attack {attack} on the models at training stage '{stage}'"
+        reference = next((row for row in group if row["defence"] == REFERENCE_DEFENCE), None)
+        others = [row for row in group if row is not reference]
+        sentences = []
+        if reference is None:
+            sentences.append(f"No {REFERENCE_DEFENCE} model was attacked, so nothing says whether this attack "
+                             "works without a defence; read the rows below against their chance levels only.")
+        elif reference["vs_chance"] != ABOVE_CHANCE:
+            sentences.append(
+                f"The attack failed: even without a defence its reconstructions cannot be told from an "
+                f"uninformed guess ({REFERENCE_DEFENCE}: {_psnr_phrase(reference)}). At this stage the "
+                f"defences' numbers measure the attack's failure and the targets' pixel statistics, not "
+                f"protection.")
+        else:
+            sentences.append(f"Without a defence the model leaks: {_psnr_phrase(reference)}.")
+        sentences += [_defence_sentence(row) for row in others]
+        sections.append((heading, sentences))
+    return sections
+
+
+def write_findings_html(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write :func:`findings` as a small self-contained HTML page (atomically)."""
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>Findings</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;line-height:1.4}"
+             "h2{font-size:1.1em;margin-top:1.5em}</style></head><body>",
+             "<h1>What the attacks show</h1>",
+             "<p>Intervals are bootstrap 95 % intervals over the attacked images. <em>Chance</em> is the best "
+             "of four uninformed guesses of the same targets (all black, mid-grey, the training split's mean "
+             "image, the attack's own starting image). A defence whose gain over chance has an interval "
+             "containing 0 cannot be told from chance.</p>"]
+    for heading, sentences in findings(rows):
+        parts.append(f"<h2>{html.escape(heading)}</h2><ul>")
+        parts += [f"<li>{html.escape(sentence)}</li>" for sentence in sentences]
+        parts.append("</ul>")
+    if not rows:
+        parts.append("<p>No attack results.</p>")
+    parts.append("</body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
