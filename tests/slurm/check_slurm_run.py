@@ -1,8 +1,12 @@
 """Assertions of the real-scheduler test (tests/slurm/run-slurm-test.sh), in plain Python.
 
-    check_slurm_run.py jobs RUN_DIR --gpu-rules a,b   every non-local job ran under Slurm, GPU
-                                                      stages got a GPU, benchmarks timed each job
-    check_slurm_run.py compare LOCAL_DIR SLURM_DIR    both runs wrote the same results
+    check_slurm_run.py jobs RUN_DIR --gpu-rules a,b [--gpu-request gres]
+        every non-local job ran under Slurm, GPU stages got a GPU (by sbatch --gpus, or by
+        --gres with the profile's --gres block), benchmarks timed each job
+    check_slurm_run.py compare LOCAL_DIR SLURM_DIR
+        both runs wrote the same results
+    check_slurm_run.py outputs RUN_DIR --rules a,b
+        prints the first output of the first Slurm job of each rule: targets for a rerun
 
 The evidence comes from three independent places: Snakemake's own log of the run (which jobs were
 local, which Slurm job id each remote job got, which resources it declared), each job's log file
@@ -29,6 +33,11 @@ JOB_HEADER = re.compile(r"^(?P<local>local)?(?:rule|checkpoint) (?P<rule>\w+):$"
 JOB_FIELD = re.compile(r"^    (?P<key>\w+): (?P<value>.*)$")
 SUBMITTED = re.compile(r"^Job (?P<jobid>\d+) has been submitted with SLURM jobid (?P<slurm>\d+) ")
 UNSET = {"", "unset", "NoDevFiles"}
+# Where ``scontrol show job`` records a GPU request: sbatch --gpus=N is per job, --gres=gpu:N per
+# node.
+GPU_REQUEST_FIELDS = {"gpus": "TresPerJob", "gres": "TresPerNode"}
+# A ``gres=gpu:N`` or ``gres=gpu:<type>:N`` resource (``gres=gpu`` alone means one GPU).
+GRES_GPU = re.compile(r"\bgres=gpu(?::[A-Za-z_][\w.]*)?(?::(?P<count>\d+))?(?![\w:])")
 
 
 @dataclass
@@ -50,8 +59,11 @@ class Job:
 
     @property
     def gpus(self) -> int:
-        match = re.search(r"\bgpu=(\d+)", self.fields.get("resources", ""))
-        return int(match.group(1)) if match else 0
+        """GPUs the job declares: ``gpu=N`` (sbatch --gpus) plus a ``gres=gpu...`` request."""
+        resources = self.fields.get("resources", "")
+        gpu = re.search(r"\bgpu=(\d+)", resources)
+        gres = GRES_GPU.search(resources)
+        return (int(gpu[1]) if gpu else 0) + (int(gres["count"] or 1) if gres else 0)
 
 
 def parse_snakemake_log(log_path: Path) -> list[Job]:
@@ -97,25 +109,28 @@ def slurm_job_record(slurm_job_id: str) -> tuple[str, str]:
     return (result.stdout, "") if result.returncode == 0 else ("", result.stderr.strip())
 
 
-def check_jobs(run_dir: Path, gpu_rules: set[str]) -> list[str]:
+def check_jobs(run_dir: Path, gpu_rules: set[str], gpu_request: str) -> list[str]:
     snakemake_log = latest_snakemake_log(run_dir)
     remote_jobs = [job for job in parse_snakemake_log(snakemake_log) if not job.local]
     if not remote_jobs:
         return [f"{snakemake_log}: no job was sent to Slurm"]
-    problems = [problem for job in remote_jobs for problem in check_job(job, run_dir, gpu_rules)]
+    problems = [problem for job in remote_jobs
+                for problem in check_job(job, run_dir, gpu_rules, gpu_request)]
     ran_gpu_rules = {job.rule for job in remote_jobs if job.gpus > 0 and job.slurm_job_id}
     problems += [
         f"GPU stage {rule} did not run under Slurm" for rule in sorted(gpu_rules - ran_gpu_rules)
     ]
     print(
         f"jobs: {len(remote_jobs)} Slurm jobs checked "
-        f"({sum(job.gpus > 0 for job in remote_jobs)} with a GPU), log {snakemake_log}"
+        f"({sum(job.gpus > 0 for job in remote_jobs)} with a GPU by --{gpu_request}), "
+        f"log {snakemake_log}"
     )
     return problems
 
 
-def check_job(job: Job, run_dir: Path, gpu_rules: set[str]) -> list[str]:
-    """One non-local job: submitted, logged inside that Slurm job, GPU exactly where declared."""
+def check_job(job: Job, run_dir: Path, gpu_rules: set[str], gpu_request: str) -> list[str]:
+    """One non-local job: submitted, logged inside that Slurm job, GPU exactly where declared and
+    requested the expected way (``gpu_request``: ``gpus`` or ``gres``)."""
     if job.slurm_job_id is None:
         return [f"{job.name}: not submitted to Slurm (no 'SLURM jobid' line)"]
     problems: list[str] = []
@@ -133,12 +148,15 @@ def check_job(job: Job, run_dir: Path, gpu_rules: set[str]) -> list[str]:
     record, error = slurm_job_record(job.slurm_job_id)
     if error:
         problems.append(f"{job.name}: scontrol show job {job.slurm_job_id}: {error}")
-    elif ("gres:gpu" in record or "gres/gpu" in record) != declares_gpu:
-        requested = re.findall(r"(?:TresPerJob|TresPerNode|TRES)=(\S+)", record)
-        problems.append(
-            f"{job.name}: Slurm job {job.slurm_job_id} requested {requested}, "
-            f"{'expected' if declares_gpu else 'unexpected'} a GPU"
-        )
+    else:
+        requests = dict(re.findall(r"\b(TresPerJob|TresPerNode)=(\S+)", record))
+        gpu_fields = {name for name, value in requests.items() if "gpu" in value}
+        expected = {GPU_REQUEST_FIELDS[gpu_request]} if declares_gpu else set()
+        if gpu_fields != expected:
+            problems.append(
+                f"{job.name}: Slurm job {job.slurm_job_id} requested {requests or 'nothing'}, "
+                f"expected a GPU in {sorted(expected) or 'no field'} (request by --{gpu_request})"
+            )
     for benchmark in job.paths("benchmark"):
         problems += check_benchmark(job, run_dir / benchmark)
     return problems
@@ -272,12 +290,32 @@ def compare_results(local_dir: Path, slurm_dir: Path, ignored: list[str]) -> lis
     return problems
 
 
+def first_outputs(run_dir: Path, rules: list[str]) -> list[str]:
+    """Prints the first output file of the first Slurm job of each rule, in the run's order; the
+    problems are the rules that had none. Lets a test rerun one job per rule without knowing the
+    workflow's file layout."""
+    remote_jobs = [job for job in parse_snakemake_log(latest_snakemake_log(run_dir))
+                   if not job.local and job.slurm_job_id and job.paths("output")]
+    problems = []
+    for rule in rules:
+        job = next((job for job in remote_jobs if job.rule == rule), None)
+        if job is None:
+            problems.append(f"no Slurm job of rule {rule} with an output")
+        else:
+            print(job.paths("output")[0])
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     jobs = commands.add_parser("jobs", help="every non-local job ran under Slurm")
     jobs.add_argument("run_dir", type=Path, help="working directory of the Slurm run")
     jobs.add_argument("--gpu-rules", required=True, help="comma-separated GPU stages")
+    jobs.add_argument(
+        "--gpu-request", choices=sorted(GPU_REQUEST_FIELDS), default="gpus",
+        help="how GPU stages ask Slurm for their GPU: sbatch --gpus (default) or --gres",
+    )
     compare = commands.add_parser("compare", help="a Slurm run's results equal a local run's")
     compare.add_argument("local_dir", type=Path)
     compare.add_argument("slurm_dir", type=Path)
@@ -285,14 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         "--ignore", action="append", default=[],
         help="folder under results/ that may differ (logs, benchmarks); repeatable",
     )
+    outputs = commands.add_parser("outputs", help="one output file of each rule's first job")
+    outputs.add_argument("run_dir", type=Path, help="working directory of the Slurm run")
+    outputs.add_argument("--rules", required=True, help="comma-separated rules")
     args = parser.parse_args(argv)
     if args.command == "jobs":
-        problems = check_jobs(args.run_dir, {rule for rule in args.gpu_rules.split(",") if rule})
+        gpu_rules = {rule for rule in args.gpu_rules.split(",") if rule}
+        problems = check_jobs(args.run_dir, gpu_rules, args.gpu_request)
+    elif args.command == "outputs":
+        problems = first_outputs(args.run_dir, [rule for rule in args.rules.split(",") if rule])
     else:
         problems = compare_results(args.local_dir, args.slurm_dir, args.ignore)
     for problem in problems:
         print(f"FAIL {args.command}: {problem}", file=sys.stderr)
-    if not problems:
+    if not problems and args.command != "outputs":  # outputs prints file names only
         print(f"{args.command}: OK")
     return 1 if problems else 0
 

@@ -7,11 +7,14 @@
 #     results. It runs while the Slurm run mostly waits for status polls;
 #  3. run a job that fails on purpose under Slurm: Snakemake must exit non-zero in bounded time;
 #  4. run the test workflow under `--profile profiles/slurm --profile tests/slurm/profile` (the user
-#     profile, with the test cluster's differences layered on top);
-#  5. check (tests/slurm/check_slurm_run.py) that every non-local job ran under Slurm and logged
-#     its SLURM_JOB_ID, that exactly the GPU stages asked for a GPU and saw CUDA_VISIBLE_DEVICES,
-#     that benchmarks timed every job, and that both runs wrote the same results;
-#  6. stop the daemons it started, by PID, and the background run, whatever happened (trap).
+#     profile, with the test cluster's differences layered on top) and check
+#     (tests/slurm/check_slurm_run.py) that every non-local job ran under Slurm and logged its
+#     SLURM_JOB_ID, that exactly the GPU stages asked for a GPU and saw CUDA_VISIBLE_DEVICES, and
+#     that benchmarks timed every job;
+#  5. rerun one job of each GPU stage with the user profile's commented --gres block uncommented
+#     (a third profile), and check the same of those jobs, the GPU now requested by --gres;
+#  6. check that the Slurm run's results, the rerun jobs' included, equal the local run's;
+#  7. stop the daemons it started, by PID, and the background run, whatever happened (trap).
 #
 # Skips (exit 0, with the reason) where a local Slurm cannot be started: not root, no apt-get and
 # no Slurm, a real Slurm configuration present, or already inside a Slurm job. Every command runs
@@ -28,7 +31,8 @@ LOCAL_SLURM=$REPO/tests/slurm/local-slurm.sh
 SLURM_STATE=${LOCAL_SLURM_STATE:-/tmp/local-slurm}
 SLURM_PROFILES=(--profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/profile")
 # The stages that must ask Slurm for a GPU (resources: gpu=1); every other Slurm job must not.
-GPU_RULES=pretrain_search_model,score_shard,train_defence,attack_defence
+# tests/test_slurm_profile.py keeps this list, the rules and the profile's --gres block in step.
+GPU_RULES=pretrain_search_model,score_shard,train_defence,snapshot_defence,attack_defence
 # Time limits (s). A healthy run takes well under half of each; beyond it something hangs.
 START_LIMIT=300
 WORKFLOW_LIMIT=1000
@@ -125,14 +129,39 @@ timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
   --configfile "$REPO/tests/config/test.yaml" --directory "$SCRATCH/slurm" "${SLURM_PROFILES[@]}" \
   >"$SCRATCH/slurm.out" 2>&1 || slurm_status=$?
 [ "$slurm_status" -eq 0 ] || fail_run "$SCRATCH/slurm.out" "$slurm_status"
-log "Slurm run done; waiting for the local run"
+log "checking the Slurm jobs"
+timeout 60 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" \
+  --gpu-rules "$GPU_RULES"
+
+# The --gres variant: the user profile's commented --gres block, uncommented (exactly what users
+# switch on), reruns one job of each GPU stage of the finished run. Their outputs, taken from the
+# run's log, are the targets, so the test does not depend on the workflow's file layout.
+mkdir -p "$SCRATCH/gres-profile"
+awk '/^# --- clusters that take --gres/ { in_section = 1 }
+     in_section && /^# set-resources:/ { in_block = 1 }
+     in_block && !/^#/ { exit }
+     in_block { sub(/^# ?/, ""); print }' "$REPO/profiles/slurm/profile.yaml" \
+  >"$SCRATCH/gres-profile/profile.yaml"
+grep -q 'gres: "gpu:1"' "$SCRATCH/gres-profile/profile.yaml" \
+  || fail "no commented --gres block found in profiles/slurm/profile.yaml"
+gres_targets=$(timeout 60 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" outputs \
+  "$SCRATCH/slurm" --rules "$GPU_RULES") || fail "the Slurm run did not run every GPU stage"
+mapfile -t gres_targets <<<"$gres_targets"
+log "rerunning ${#gres_targets[@]} GPU jobs with the profile's --gres block"
+gres_status=0
+timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
+  --configfile "$REPO/tests/config/test.yaml" --directory "$SCRATCH/slurm" "${SLURM_PROFILES[@]}" \
+  --profile "$SCRATCH/gres-profile" --forcerun "${gres_targets[@]}" -- "${gres_targets[@]}" \
+  >"$SCRATCH/gres.out" 2>&1 || gres_status=$?
+[ "$gres_status" -eq 0 ] || fail_run "$SCRATCH/gres.out" "$gres_status"
+timeout 60 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" \
+  --gpu-rules "$GPU_RULES" --gpu-request gres
+
+log "waiting for the local run"
 local_status=0
 wait "$local_run_pid" || local_status=$?
 [ "$local_status" -eq 0 ] || fail_run "$SCRATCH/local.out" "$local_status"
-
-log "checking the Slurm jobs and comparing the results"
-timeout 60 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" \
-  --gpu-rules "$GPU_RULES"
+log "comparing the results"
 timeout 120 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" compare "$SCRATCH/local" \
   "$SCRATCH/slurm" --ignore logs --ignore benchmarks
 

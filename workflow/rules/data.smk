@@ -18,3 +18,10 @@ rule prepare_dataset:
         runtime=30,
     script:
         "../scripts/prepare_dataset.py"
+
+
+# The only stage that may download (where dataset.download allows it), and compute nodes are often
+# offline: under Slurm it runs on the submitting node (docs/slurm.md). It only copies a data set
+# into HDF5, so it needs no compute node anyway.
+localrules:
+    prepare_dataset,
