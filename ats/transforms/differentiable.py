@@ -24,7 +24,7 @@ so it learns the draw θ together with the untransformed image x. This module is
 * ops without a random direction are known steps: the rotation (a fixed angle) is the exact
   nearest-neighbour gather of :mod:`ats.transforms.ops_batched`, linear in x; invert (1 − x) and
   solarize (x or 1 − x) are exact piecewise-linear maps; posterize, autocontrast and equalize run
-  as the exact ``uint8`` op on the rounded image with a straight-through gradient (identity),
+  as the exact ``uint8`` op on the truncated image with a straight-through gradient (identity),
   because their exact forms are step functions whose gradient is zero almost everywhere;
 * the sub-policy of a hybrid stays an integer: it is a discrete choice, which the attack tries
   one by one (:func:`draw_hypotheses`).
@@ -34,8 +34,10 @@ Error bound at the drawn parameters (:meth:`RelaxedDraw.from_draw`), against
 1e-6 in float32) for the crop, flip, translations, rotation and the unsigned ops, **below 1/255**
 for shears and brightness (only the truncation differs), and **below 1.5/255** for colour,
 contrast and sharpness (the truncation plus PIL's rounded degenerate image, scaled by
-|1 − factor| ≤ 0.5). Ops in sequence can add their errors; a straight-through op after an
-approximate one can turn a rounding difference into one step of its lookup table. The tests
+|1 − factor| ≤ 0.5). Ops in sequence can add their errors. A straight-through op truncates its
+input as PIL truncated the previous op's output, so it mostly sees PIL's levels, but a level left
+different by an approximate op before it can land on another step of its lookup table (equalize
+can then move that pixel by tens of levels). The tests
 (``tests/test_differentiable_transforms.py``) check every op 0…49 against these bounds; measured
 figures are in ``docs/transforms.md``.
 """
@@ -55,8 +57,8 @@ from ats.transforms.pipeline import CROP_PADDING, OUTPUT_SIZE, AugmentationDraw,
 
 #: PIL's luminance weights (``L = (19595 R + 38470 G + 7471 B) / 2¹⁶``), without its rounding.
 LUMINANCE_WEIGHTS = (19595 / 65536, 38470 / 65536, 7471 / 65536)
-#: Transforms applied as the exact ``uint8`` op with a straight-through (identity) gradient.
-STRAIGHT_THROUGH_TRANSFORMS = frozenset({"posterize", "autocontrast", "equalize"})
+#: Grey levels added before truncating a float image to ``uint8`` (see ``_grey_levels``).
+LEVEL_ALLOWANCE = 1e-3
 
 
 @dataclass(eq=False)
@@ -218,8 +220,13 @@ def _enhance(images: torch.Tensor, transform: str, magnitude: float, signs: torc
 
 
 def _grey_levels(images: torch.Tensor) -> torch.Tensor:
-    """The ``uint8`` image nearest to ``images`` (in [0, 1])."""
-    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+    """``images`` (in [0, 1]) as ``uint8`` levels, truncated as PIL truncates every op's output.
+
+    The approximate ops above skip that truncation, so truncating here hands the next exact op the
+    levels PIL would have; the small allowance keeps values already on a level (k/255 up to float
+    rounding) on it.
+    """
+    return (images.detach().clamp(0, 1) * 255 + LEVEL_ALLOWANCE).floor().clamp(max=255).to(torch.uint8)
 
 
 def _straight_through(images: torch.Tensor, op_index: int) -> torch.Tensor:
@@ -244,7 +251,7 @@ def differentiable_op(images: torch.Tensor, op_index: int, signs: torch.Tensor) 
         return 1 - images
     if transform == "solarize":
         return torch.where(_grey_levels(images) < magnitude, images, 1 - images)
-    return _straight_through(images, op_index)
+    return _straight_through(images, op_index)  # posterize, autocontrast, equalize
 
 
 def differentiable_subpolicy(images: torch.Tensor, ops: Sequence[int], signs: torch.Tensor) -> torch.Tensor:
