@@ -21,6 +21,11 @@ each target keeps the restart with the lowest final gradient-matching cost (TV e
 original. An attack whose cost becomes NaN or infinite is marked ``diverged`` and returns its last
 image with a finite cost; the other attacks of the batch are unaffected (the original called
 ``exit(0)``).
+
+Policy-aware configs (``inversed-aware``) know the augmentation policy: they rebuild the
+untransformed image through the differentiable preprocessing of :mod:`ats.transforms.differentiable`
+while learning the image's random draw, one attack per discrete hypothesis of that draw, batched
+like the rest (``docs/attacks.md``).
 """
 
 from __future__ import annotations
