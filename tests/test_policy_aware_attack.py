@@ -113,7 +113,7 @@ def test_a_translated_image_is_recovered_with_its_shift() -> None:
 
 @pytest.mark.parametrize("mode, policy", [("policy", ()), ("plain", parse_policy("3-1-7"))])
 def test_with_nothing_to_learn_the_policy_aware_attack_is_inversed(mode: str, policy) -> None:
-    model, originals, shown, labels, observed = shared_case(policy, fixed_draw([[1.0]] * 2), mode)
+    model, _, _, labels, observed = shared_case(policy, fixed_draw([[1.0]] * 2), mode)
     results = [reconstruct(model, observed, labels, get_attack(name), (3, 32, 32), MEAN, STD, generators(2), 15,
                            policy=policy, augmentation_mode=mode) for name in ("inversed", "inversed-aware")]
     assert torch.equal(results[0].images, results[1].images)
@@ -126,7 +126,7 @@ def test_batched_policy_aware_attacks_equal_attacks_run_one_at_a_time_in_float64
     policy = parse_policy("7-1+9")  # 4 + 1 hypotheses: translateY and contrast directions, or equalize
     draw = AugmentationDraw(torch.tensor([[3, 5], [6, 1], [4, 4]]), torch.tensor([False, True, False]),
                             torch.tensor([0, 0, 1]), torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]]))
-    model, originals, shown, labels, observed = shared_case(policy, draw)
+    model, _, _, labels, observed = shared_case(policy, draw)
     config = get_attack("inversed-aware")
     arguments = dict(policy=policy, augmentation_mode="policy")
     batched = reconstruct(model, observed, labels, config, (3, 32, 32), MEAN, STD, generators(3), 8, **arguments)
@@ -150,7 +150,7 @@ def test_crop_mode_and_28_pixel_images() -> None:
     policy = parse_policy("43")
     draw = AugmentationDraw(torch.tensor([[0, 3], [4, 1]]), torch.tensor([True, False]), torch.zeros(2, dtype=torch.long),
                             torch.tensor([[1.0], [-1.0]]))
-    model, originals, shown, labels, observed = shared_case(policy, draw, "crop", channels=1, size=28)
+    model, _, _, labels, observed = shared_case(policy, draw, "crop", channels=1, size=28)
     result = reconstruct(model, observed, labels, get_attack("inversed-aware"), (1, 32, 32), MEAN[:1], STD[:1],
                          generators(2), 4, policy=policy, augmentation_mode="crop", source_size=28)
     assert result.images.shape == (2, 1, 28, 28) and result.draw.signs.shape == (2, 0)
@@ -163,7 +163,7 @@ def test_crop_mode_and_28_pixel_images() -> None:
 
 def test_a_diverging_policy_aware_attack_is_flagged_without_disturbing_the_others() -> None:
     policy = parse_policy("7")
-    model, originals, shown, labels, observed = shared_case(policy, fixed_draw([[1.0], [-1.0]]))
+    model, _, _, labels, observed = shared_case(policy, fixed_draw([[1.0], [-1.0]]))
     poisoned = [g.clone() for g in observed]
     poisoned[0][1] = float("nan")
     config, arguments = get_attack("inversed-aware"), dict(policy=policy, augmentation_mode="policy")

@@ -340,7 +340,7 @@ def draw_hypotheses(mode: str, policy: Policy, image_size: int, dtype: torch.dty
     sub_policies = policy if mode == "policy" else ()
     columns = max((len(sub) for sub in sub_policies), default=0)
     choices, sign_rows = [], []
-    for choice, sub_policy in enumerate(sub_policies):
+    for choice in range(len(sub_policies)):
         unknown = learned_sign_columns(policy, torch.tensor([choice]), columns)[0].tolist()
         alternatives = [(1.0, -1.0) if free else (1.0,) for free in unknown]
         for signs in itertools.product(*alternatives):
