@@ -338,7 +338,8 @@ def _run_stage(tmp_path, name: str, batch_size: int, **changes) -> tuple[dict, d
         preprocessor=IdentityPreprocessor(), augmentation_mode="plain", policy=(), draw=None,
         defence=GradientDefence("prune", 50), defend_observed_gradient=True, attack_name="inversed",
         iterations=6, batch_size=batch_size, label_recovery=True, seed=0, device="cpu",
-        train_mean=torch.full((3, 32, 32), 0.25), stage="final", training_step=10,
+        train_mean=torch.full((3, 16, 16), 0.25), train_mean_original=torch.full((3, 16, 16), 0.25),
+        stage="final", training_step=10,
         out_h5=tmp_path / name, fingerprint="test")
     arguments.update(changes)
     attack_stage(**arguments)

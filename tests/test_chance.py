@@ -95,3 +95,35 @@ def test_summary_refuses_a_paired_comparison_on_other_targets():
     other = {**record("crop", [10.0, 11.0], {}), "target_indices": np.array([5, 6])}
     with pytest.raises(ValueError, match="other targets than none"):
         summary_rows([none, other], {"none": 0.9, "crop": 0.9}, seed=0)
+
+
+def test_summary_scores_against_the_untransformed_image_when_the_file_has_it():
+    row_without = summary_rows([record("none", [20.0, 21.0], {})], {"none": 0.9}, seed=0)[0]
+    assert math.isnan(row_without["psnr_original"]) and row_without["vs_chance_original"] == ""
+    with_original = record("3-1-7", [9.0, 9.5, 10.0, 9.2], {})
+    with_original["psnr_original"] = np.array([15.0, 16.0, 14.0, 15.5])
+    with_original["ssim_original"] = np.array([0.5, 0.6, 0.4, 0.55])
+    for guess in CHANCE_GUESSES:
+        with_original[f"chance_original/{guess}/psnr"] = np.full(4, 11.0 if guess == "train_mean" else 8.0)
+        with_original[f"chance_original/{guess}/ssim"] = np.full(4, 0.1)
+    row = summary_rows([with_original], {"3-1-7": 0.8}, seed=0)[0]
+    assert row["psnr_original"] == pytest.approx(15.125)
+    assert row["psnr_original_chance"] == pytest.approx(11.0)
+    assert row["psnr_original_gain"] == pytest.approx(4.125) and row["vs_chance_original"] == ABOVE_CHANCE
+    assert row["psnr_original_ci_low"] <= 15.125 <= row["psnr_original_ci_high"]
+    assert row["ssim_original_chance"] == pytest.approx(0.1)
+    assert row["vs_chance"] == ABOVE_CHANCE  # the shared-image columns are computed as before
+
+
+def test_findings_say_whether_a_policy_survives_an_attacker_who_knows_it():
+    rows = []
+    for attack, gains in (("inversed", [11.0, 11.2, 10.9, 11.1]), ("inversed-aware", [16.0, 15.0, 17.0, 16.5])):
+        item = {**record("3-1-7", [9.0, 9.5, 10.0, 9.2], {}), "attack": attack}
+        item["psnr_original"], item["ssim_original"] = np.array(gains), np.full(4, 0.3)
+        for guess in CHANCE_GUESSES:
+            item[f"chance_original/{guess}/psnr"] = np.full(4, 11.0)
+            item[f"chance_original/{guess}/ssim"] = np.full(4, 0.1)
+        rows.append(item)
+    sections = dict(findings(summary_rows(rows, {"3-1-7": 0.8}, seed=0)))
+    [sentence] = sections["Against an attacker who knows the policy, training stage 'final'"]
+    assert sentence.startswith("3-1-7 protects only against an attacker who does not know it")

@@ -344,7 +344,8 @@ def _run_attack_stage(out_h5: Path, **changes: Any) -> dict[str, np.ndarray]:
         model=model, images_uint8=pixels, labels=np.array([4, 1, 9]), target_indices=np.array([10, 11, 12]),
         preprocessor=NormaliseOnly(), augmentation_mode="plain", policy=(), draw=None, defence=None,
         defend_observed_gradient=False, attack_name="inversed", iterations=6, batch_size=3,
-        label_recovery=False, seed=0, device="cpu", train_mean=torch.full((3, 12, 12), 0.5), stage="final",
+        label_recovery=False, seed=0, device="cpu", train_mean=torch.full((3, 12, 12), 0.5),
+        train_mean_original=torch.full((3, 12, 12), 0.5), stage="final",
         training_step=5, out_h5=out_h5, fingerprint=FINGERPRINT,
     )
     arguments.update(changes)

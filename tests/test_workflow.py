@@ -32,24 +32,38 @@ def test_every_stage_writes_its_outputs(finished_run):
         assert column in ranking[0]
     selection = json.loads((results / "search" / "selection.json").read_text())
     assert len(selection["top_k"]) == 2
-
     # tests/config/test.yaml scores every candidate twice: two repeats, one τ between their rankings.
     assert sorted(path.parent.name for path in (results / "search" / "scores").glob("*/shard-0000.h5")) == [
         "repeat-0", "repeat-1"]
     assert selection["repeats"] == 2 and len(selection["ranking_agreement"]["kendall_tau"]) == 2
     compared = selection["versus_reference"]["policies"]
     assert [row["policy"] for row in compared] == list(dict.fromkeys(selection["top_k"] + selection["hybrid_members"]))
+
     summary = read_summary(results / "summary.tsv")
     defences = {row["defence"] for row in summary}
     assert {"none", "crop", "prune-70", *selection["top_k"]} <= defences
+    # tests/config/test.yaml attacks every defence at two training stages.
+    assert {(row["defence"], row["stage"]) for row in summary} == {(d, s) for d in defences for s in ("init", "final")}
     for row in summary:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["n_images"] == 2
-    for figure in ("privacy_utility.svg", "training_curves.svg", "psnr_distributions.svg", "spri_vs_psnr.svg"):
+        assert row["training_step"] == (0 if row["stage"] == "init" else 3)  # 1 epoch of 300 images, batch 128
+        assert row["chance_guess"] in ("black", "grey", "train_mean", "attack_start")
+        assert row["psnr_gain"] == pytest.approx(row["psnr_mean"] - row["psnr_chance"])
+        assert row["psnr_ci_low"] <= row["psnr_mean"] <= row["psnr_ci_high"]
+        assert row["ssim_ci_low"] <= row["ssim_mean"] <= row["ssim_ci_high"]
+        assert row["vs_chance"] in ("above chance", "indistinguishable from chance", "below chance")
+        assert (row["defence"] == "none") == (row["psnr_diff_none"] != row["psnr_diff_none"])  # NaN only for none
+    for figure in ("privacy_utility.svg", "training_curves.svg", "psnr_distributions.svg", "spri_vs_psnr.svg",
+                   "leak_across_training.svg"):
         assert (results / "report" / figure).stat().st_size > 1000
     assert (results / "report" / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with h5py.File(results / "attack" / "crop" / "inversed.h5") as attack:
-        assert attack.attrs["attack"] == "inversed"
+    assert "training stage 'init'" in (results / "report" / "findings.html").read_text()
+    assert (results / "report" / "published_comparison.tsv").exists()
+    assert (results / "train" / "crop" / "snapshots" / "init.pt").exists()
+    with h5py.File(results / "attack" / "crop" / "init" / "inversed.h5") as attack:
+        assert attack.attrs["attack"] == "inversed" and attack.attrs["stage"] == "init"
+        assert attack["chance/train_mean/psnr"].shape == (2,)
 
 
 def test_logs_show_device_progress_and_timing(finished_run):

@@ -7,13 +7,17 @@ too, so a drop in an attack's PSNR can be a change of the targets rather than pr
 attack is therefore scored beside uninformed guesses of the same targets:
 
 * ``black`` (all zeros) and ``grey`` (all 0.5): what any attacker can output;
-* ``train_mean``: the mean image of the (plainly preprocessed) training split, the best guess an
-  attacker with the data distribution but no gradient can make under MSE;
+* ``train_mean``: the mean image of the training split preprocessed as the defence shares its
+  images (plain, or cropped, flipped and transformed by the policy with seeded draws): the best
+  constant guess under MSE of an attacker who knows the data and the defence but learnt nothing
+  from the gradient;
 * ``attack_start``: the attack's own starting image, clamped to [0, 1]: what the attack would
   return had it not moved.
 
 The chance level of a set of targets is the best of these guesses by its mean over the targets
-(:mod:`ats.report.summary`); no guess looks at the targets.
+(:mod:`ats.report.summary`); no guess looks at the targets. Against the untransformed images the
+guesses are scored as the reconstructions are, at their best alignment, with the training mean
+taken in that frame.
 
 Torch is imported inside the functions, so that the summary, which only needs the guesses' names,
 starts without it.
@@ -39,12 +43,12 @@ _MEAN_IMAGE_CHUNK = 4096
 
 
 def training_mean_image(images_uint8: np.ndarray,
-                        preprocess_plain: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
-    """The pixel-wise mean ``(C, H, W)`` in [0, 1] (float64) of ``images_uint8`` after plain preprocessing.
+                        preprocess: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """The pixel-wise mean ``(C, H, W)`` in [0, 1] (float64) of ``images_uint8`` after preprocessing.
 
-    ``preprocess_plain(batch)`` maps a ``uint8`` N×H×W×C batch to ``uint8`` N×C×32×32 pixels (the
-    pipeline's ``plain`` mode, which resizes Fashion-MNIST to 32×32), so the mean lives where the
-    targets do.
+    ``preprocess(batch)`` maps a ``uint8`` N×H×W×C batch to ``uint8`` N×C×H×W pixels as the targets
+    were made (the defence's own preprocessing), so the mean lives where the targets do. It is
+    called on consecutive chunks in order, so a seeded draw inside it stays reproducible.
     """
     import torch
 
@@ -52,7 +56,7 @@ def training_mean_image(images_uint8: np.ndarray,
         raise ValueError(f"need a non-empty N×H×W×C image array, got shape {images_uint8.shape}")
     total: torch.Tensor | None = None
     for start in range(0, len(images_uint8), _MEAN_IMAGE_CHUNK):
-        pixels = preprocess_plain(images_uint8[start:start + _MEAN_IMAGE_CHUNK])
+        pixels = preprocess(images_uint8[start:start + _MEAN_IMAGE_CHUNK])
         chunk_sum = pixels.to(torch.float64).sum(dim=0)
         total = chunk_sum if total is None else total + chunk_sum
     assert total is not None
@@ -89,4 +93,20 @@ def chance_metrics(targets: torch.Tensor, guesses: dict[str, torch.Tensor]) -> d
         guess = guesses[name].contiguous()
         scores[f"{name}/psnr"] = psnr(guess, targets)
         scores[f"{name}/ssim"] = ssim(guess, targets)
+    return scores
+
+
+def registered_chance_metrics(references: torch.Tensor, guesses: dict[str, torch.Tensor], max_shift: int,
+                              allow_flip: bool) -> dict[str, torch.Tensor]:
+    """:func:`chance_metrics` at each guess's best alignment with ``references``.
+
+    Reconstructions are scored against the untransformed images after registration
+    (:mod:`ats.attack.registration`), so the guesses get the same allowance.
+    """
+    from ats.attack.registration import registered_metrics
+
+    scores = {}
+    for name in CHANCE_GUESSES:
+        registered = registered_metrics(guesses[name].contiguous(), references, max_shift, allow_flip)
+        scores[f"{name}/psnr"], scores[f"{name}/ssim"] = registered.psnr, registered.ssim
     return scores

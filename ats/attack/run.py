@@ -24,15 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ats.attack.chance import chance_metrics, uninformed_guesses
+from ats.attack.chance import chance_metrics, registered_chance_metrics, uninformed_guesses
 from ats.attack.configs import get_attack
 from ats.attack.labels import recover_labels
 from ats.attack.metrics import feature_mse, mse, psnr, ssim
 from ats.attack.reconstruct import eval_mode, initial_images, observed_gradients, reconstruct
+from ats.attack.registration import policy_max_shift, registered_metrics
 from ats.defence.gradient import GradientDefence
 from ats.runtime.hdf5 import write_h5
 from ats.runtime.logs import progress
 from ats.runtime.seeding import torch_generator
+from ats.transforms.differentiable import RelaxedDraw, differentiable_augment, has_unknown_draw
+from ats.transforms.pipeline import centred_draw
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ def attack_stage(
     seed: int,
     device: str | torch.device,
     train_mean: torch.Tensor,
+    train_mean_original: torch.Tensor,
     stage: str,
     training_step: int,
     out_h5: str | os.PathLike,
@@ -135,10 +139,13 @@ def attack_stage(
                 "labels %s", config.name, config.iterations, len(indices), batch_size,
                 shield.name if shield else "none", "recovered (iDLG)" if label_recovery else "known")
 
-    outputs: dict[str, list[torch.Tensor]] = {key: [] for key in (
-        "reconstructions", "cost_history", "final_cost", "diverged", "attack_labels",
-        "psnr", "ssim", "mse", "feature_mse")}
-    chance: dict[str, list[torch.Tensor]] = {}
+    reveals_draw = has_unknown_draw(augmentation_mode, policy)
+    # The untransformed images in the frame of the shared ones: plain, or the middle crop window.
+    originals = preprocessor(images_uint8, "crop" if reveals_draw else "plain", (),
+                             centred_draw(len(indices), image_size=images_uint8.shape[1]) if reveals_draw else None)
+    originals = originals.to(device) * std + mean
+    max_shift = policy_max_shift(policy, inputs.shape[-1], augmentation_mode)
+    outputs: dict[str, list[torch.Tensor]] = {}
     with eval_mode(model):
         for start in progress(range(0, len(indices), batch_size), desc=f"attack {config.name}",
                               total=-(-len(indices) // batch_size)):
@@ -151,37 +158,61 @@ def attack_stage(
             result = reconstruct(
                 model, shared, attack_labels, config, tuple(batch_inputs.shape[1:]), mean.flatten(), std.flatten(),
                 [torch_generator(seed, "attack-init", index) for index in batch_indices],
+                policy=policy, augmentation_mode=augmentation_mode, source_size=images_uint8.shape[1],
             )
-            reconstructed, truth = result.images * std + mean, batch_inputs * std + mean
+            truth = batch_inputs * std + mean
+            if result.draw is None:
+                reconstructed, model_input, untransformed = result.images * std + mean, result.images, None
+            else:  # a policy-aware attack: x is untransformed, T_θ(x) its estimate of the shared image
+                untransformed = result.images * std + mean
+                reconstructed = differentiable_augment(untransformed, augmentation_mode, policy, result.draw)
+                model_input = (reconstructed - mean) / std
+            in_frame = reconstructed if untransformed is None else differentiable_augment(
+                untransformed, "crop", (), RelaxedDraw.from_draw(centred_draw(
+                    len(batch_indices), image_size=images_uint8.shape[1]), truth.dtype, device))
             generators = [torch_generator(seed, "attack-init", index) for index in batch_indices]
-            start = initial_images(config, generators, tuple(batch_inputs.shape[1:]), truth.dtype, device)[:, 0]
-            for key, value in chance_metrics(truth, uninformed_guesses(truth, train_mean, start * std + mean)).items():
-                chance.setdefault(key, []).append(value.detach().cpu())
-            for key, value in (
-                ("reconstructions", reconstructed.clamp(0, 1)), ("cost_history", result.cost_history),
-                ("final_cost", result.final_cost), ("diverged", result.diverged),
-                ("attack_labels", attack_labels), ("psnr", psnr(reconstructed, truth)),
-                ("ssim", ssim(reconstructed, truth)), ("mse", mse(reconstructed, truth)),
-                ("feature_mse", feature_mse(model, result.images, batch_inputs)),
-            ):
-                outputs[key].append(value.detach().cpu())
-            logger.info("targets %d-%d: mean PSNR %.2f dB, %d diverged", start, start + len(batch_indices) - 1,
-                        float(outputs["psnr"][-1].mean()), int(outputs["diverged"][-1].sum()))
+            starts = initial_images(config, generators, tuple(batch_inputs.shape[1:]), truth.dtype, device)[:, 0]
+            registered = registered_metrics(in_frame, originals[rows], max_shift, allow_flip=reveals_draw)
+            per_image = {
+                "reconstructions": reconstructed.clamp(0, 1), "cost_history": result.cost_history,
+                "final_cost": result.final_cost, "diverged": result.diverged, "attack_labels": attack_labels,
+                "metrics/psnr": psnr(reconstructed, truth), "metrics/ssim": ssim(reconstructed, truth),
+                "metrics/mse": mse(reconstructed, truth),
+                "metrics/feature_mse": feature_mse(model, model_input, batch_inputs),
+                "metrics/psnr_original": registered.psnr, "metrics/ssim_original": registered.ssim,
+                "alignment/shift_y": registered.shift_y, "alignment/shift_x": registered.shift_x,
+                "alignment/flipped": registered.flipped,
+                **{f"chance/{key}": value for key, value in chance_metrics(
+                    truth, uninformed_guesses(truth, train_mean, starts * std + mean)).items()},
+                **{f"chance_original/{key}": value for key, value in registered_chance_metrics(
+                    originals[rows], uninformed_guesses(originals[rows], train_mean_original, starts * std + mean),
+                    max_shift, reveals_draw).items()},
+            }
+            if result.draw is not None:
+                per_image.update({"untransformed_reconstructions": untransformed.clamp(0, 1),
+                                  "learned_draw/crop_offsets": result.draw.crop_offsets,
+                                  "learned_draw/flips": result.draw.flips,
+                                  "learned_draw/subpolicy": result.draw.subpolicy,
+                                  "learned_draw/signs": result.draw.signs})
+            for key, value in per_image.items():
+                outputs.setdefault(key, []).append(value.detach().cpu())
+            logger.info("targets %d-%d: mean PSNR %.2f dB (against the untransformed image %.2f dB), %d diverged",
+                        start, start + len(batch_indices) - 1, float(per_image["metrics/psnr"].mean()),
+                        float(registered.psnr.mean()), int(result.diverged.sum()))
 
     arrays = {key: torch.cat(values).numpy() for key, values in outputs.items()}
-    metrics = {f"metrics/{key}": arrays.pop(key).astype(np.float64) for key in ("psnr", "ssim", "mse", "feature_mse")}
-    metrics.update({f"chance/{key}": torch.cat(values).numpy().astype(np.float64) for key, values in chance.items()})
+    stored_types = {"cost_history": np.float32, "diverged": bool, "attack_labels": np.int64,
+                    "alignment/shift_y": np.int64, "alignment/shift_x": np.int64, "alignment/flipped": bool,
+                    "learned_draw/flips": bool, "learned_draw/subpolicy": np.int64}
+    arrays = {key: values.astype(stored_types.get(key, np.float32 if values.ndim == 4 else np.float64))
+              for key, values in arrays.items()}
     write_h5(
         out_h5,
         {
-            **metrics,
-            "reconstructions": arrays["reconstructions"].astype(np.float32),
+            **arrays,
             "ground_truth": (inputs * std + mean).cpu().numpy().astype(np.float32),
-            "cost_history": arrays["cost_history"].astype(np.float32),
-            "final_cost": arrays["final_cost"].astype(np.float64),
-            "diverged": arrays["diverged"].astype(bool),
+            "originals": originals.cpu().numpy().astype(np.float32),
             "labels": np.asarray(labels, dtype=np.int64),
-            "attack_labels": arrays["attack_labels"].astype(np.int64),
             "target_indices": np.asarray(indices, dtype=np.int64),
         },
         {
@@ -194,8 +225,10 @@ def attack_stage(
             "seed": int(seed),
             "stage": stage,
             "training_step": int(training_step),
+            "max_shift": int(max_shift),
+            "policy_aware": bool(config.policy_aware),
         },
         fingerprint=fingerprint,
     )
     logger.info("wrote %s: mean PSNR %.2f dB, mean SSIM %.3f over %d targets", out_h5,
-                float(metrics["metrics/psnr"].mean()), float(metrics["metrics/ssim"].mean()), len(indices))
+                float(arrays["metrics/psnr"].mean()), float(arrays["metrics/ssim"].mean()), len(indices))

@@ -30,9 +30,9 @@ from ats.defence.names import parse_defence
 from ats.policies import parse_policy
 from ats.runtime.device import resolve_device
 from ats.runtime.memory import retain_freed_host_memory
-from ats.runtime.seeding import derive_seed, seed_everything
+from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
 from ats.training.stages import FINAL
-from ats.transforms.pipeline import Preprocessor, draw_per_sample
+from ats.transforms.pipeline import Preprocessor, centred_draw, draw_per_sample, sample_draw
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ def attack_defence(
                          f"not {stage!r}")
     mean, std = normalisation_constants(data.spec.name, normalisation)
     preprocessor = Preprocessor(data.spec.channels, mean, std, device=torch_device)
-    train_mean = training_mean_image(data.train_images, lambda batch: preprocessor.augment(batch, "plain", ()))
 
     indices = np.arange(first_target, last)
     shares_transformed_image = transformed_target and spec.kind == "policy"
@@ -95,6 +94,16 @@ def attack_defence(
         [derive_seed(seed, "attack-target", defence, int(index)) for index in indices],
         image_size=data.spec.native_size,
     )
+    # The mean image of the training split as this defence shares its images: the best guess of an
+    # attacker who knows the data and the preprocessing but learnt nothing from the gradient.
+    mean_draws = torch_generator(seed, "chance-mean", defence)
+    train_mean = training_mean_image(data.train_images, lambda batch: preprocessor.augment(
+        batch, mode, policy, None if mode == "plain" else
+        sample_draw(policy, len(batch), mean_draws, image_size=data.spec.native_size)))
+    # The same in the frame of the untransformed images, against which attacks are also scored.
+    train_mean_original = train_mean if mode == "plain" else training_mean_image(
+        data.train_images, lambda batch: preprocessor.augment(
+            batch, "crop", (), centred_draw(len(batch), image_size=data.spec.native_size)))
     logger.info(
         "attacking %d test images of defence %s with %s (%s preprocessing, observed gradient %s)",
         len(indices), defence, attack, mode,
@@ -118,6 +127,7 @@ def attack_defence(
         seed=seed,
         device=torch_device,
         train_mean=train_mean,
+        train_mean_original=train_mean_original,
         stage=stage,
         training_step=int(meta.get("optimizer_steps", -1)),
         out_h5=out_h5,

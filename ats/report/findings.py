@@ -7,7 +7,9 @@ read the summary the way a careful reviewer would:
   there, so the defences' numbers at that stage say nothing about protection;
 * where the undefended model leaks, each defence either still leaks (its gain over chance has an
   interval above 0) or cannot be told from chance, and its paired difference from ``none`` on the
-  same targets says how much of the leak it removed, with its interval.
+  same targets says how much of the leak it removed, with its interval;
+* where an attacker who knows the policy (``inversed-aware``) ran beside an oblivious one, whether
+  each defence's protection of the untransformed image survives that knowledge.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from ats.attack.configs import POLICY_AWARE_ATTACKS
 from ats.report.summary import ABOVE_CHANCE, BELOW_CHANCE, REFERENCE_DEFENCE
 from ats.runtime.atomic import atomic_path
 
@@ -72,6 +75,46 @@ def findings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
             sentences.append(f"Without a defence the model leaks: {_psnr_phrase(reference)}.")
         sentences += [_defence_sentence(row) for row in others]
         sections.append((heading, sentences))
+    sections += _policy_knowledge_sections(rows)
+    return sections
+
+
+def _original_phrase(row: Mapping[str, Any]) -> str:
+    return (f"{row['attack']} {float(row['psnr_original']):.2f} dB "
+            f"{_interval(row['psnr_original_ci_low'], row['psnr_original_ci_high'])}, "
+            f"{float(row['psnr_original_gain']):+.2f} dB "
+            f"{_interval(row['psnr_original_gain_ci_low'], row['psnr_original_gain_ci_high'])} over chance")
+
+
+def _policy_knowledge_sections(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Per stage: does each defence's protection survive an attacker who knows its policy?
+
+    Compares, against the untransformed image, the best attacker that knows the policy with the
+    best one that does not (by the gain's lower bound), for every defence that has both.
+    """
+    sections = []
+    for stage in dict.fromkeys(str(row["stage"]) for row in rows):
+        scored = [row for row in rows if row["stage"] == stage and math.isfinite(float(row["psnr_original"]))]
+        sentences = []
+        for defence in dict.fromkeys(str(row["defence"]) for row in scored):
+            own = [row for row in scored if row["defence"] == defence]
+            aware = [row for row in own if row["attack"] in POLICY_AWARE_ATTACKS]
+            oblivious = [row for row in own if row["attack"] not in POLICY_AWARE_ATTACKS]
+            if not aware or not oblivious:
+                continue
+            best_aware = max(aware, key=lambda row: float(row["psnr_original_gain_ci_low"]))
+            best_oblivious = max(oblivious, key=lambda row: float(row["psnr_original_gain_ci_low"]))
+            if best_aware["vs_chance_original"] == ABOVE_CHANCE:
+                verdict = ("leaks to an attacker who knows it" if best_oblivious["vs_chance_original"] == ABOVE_CHANCE
+                           else "protects only against an attacker who does not know it")
+            else:
+                verdict = ("protects even against an attacker who knows it"
+                           if best_oblivious["vs_chance_original"] != ABOVE_CHANCE
+                           else "leaks to the oblivious attacker, and knowing the policy does not help")
+            sentences.append(f"{defence} {verdict}: against the untransformed image, "
+                             f"{_original_phrase(best_aware)}; {_original_phrase(best_oblivious)}.")
+        if sentences:
+            sections.append((f"Against an attacker who knows the policy, training stage '{stage}'", sentences))
     return sections
 
 

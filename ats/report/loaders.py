@@ -20,6 +20,8 @@ from ats.runtime.hdf5 import read_h5
 from ats.training.stages import FINAL
 
 ATTACK_METRICS = ("psnr", "ssim", "mse", "feature_mse")
+ORIGINAL_METRICS = ("psnr_original", "ssim_original")
+"""Registered scores against the untransformed image, in attack files that have them."""
 
 PathLike = str | os.PathLike
 
@@ -34,11 +36,13 @@ def load_attack_metrics(attack_h5: PathLike) -> dict[str, Any]:
     """The per-image scores of one attack file, as :func:`ats.report.summary.summary_rows` takes them.
 
     ``psnr``, ``ssim``, ``mse``, ``feature_mse``, ``diverged``, ``target_indices``, every stored
-    ``chance/{guess}/{metric}`` and the ``training_step`` of the attacked model.
+    ``chance/{guess}/{metric}`` and the ``training_step`` of the attacked model; where the file has
+    them, ``psnr_original``, ``ssim_original`` and ``chance_original/{guess}/{metric}``.
     """
     arrays, attrs = read_h5(attack_h5)
     metrics: dict[str, Any] = {name: arrays[f"metrics/{name}"] for name in ATTACK_METRICS}
-    metrics.update({name: values for name, values in arrays.items() if name.startswith("chance/")})
+    metrics.update({name: arrays[f"metrics/{name}"] for name in ORIGINAL_METRICS if f"metrics/{name}" in arrays})
+    metrics.update({name: values for name, values in arrays.items() if name.startswith(("chance/", "chance_original/"))})
     metrics["diverged"] = arrays["diverged"].astype(bool)
     metrics["target_indices"] = arrays["target_indices"]
     metrics["training_step"] = int(attrs.get("training_step", -1))

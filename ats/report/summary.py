@@ -17,6 +17,11 @@ A mean PSNR means something only beside what an uninformed guess scores on the s
 * BCa bootstrap 95 % intervals of the means (:mod:`ats.stats`);
 * ``psnr_diff_none``: the paired difference in PSNR from the ``none`` defence on the same
   targets, at the same stage and with the same attack (NaN for ``none`` itself, or without it).
+
+The shared image is the *transformed* one, but the client's secret is the untransformed image, and
+a reconstruction that is right up to a shift still leaks it; the ``*_original`` columns score each
+attack against the untransformed image at its best alignment (:mod:`ats.attack.registration`),
+with their own chance level and gain.
 """
 
 from __future__ import annotations
@@ -65,6 +70,18 @@ SUMMARY_COLUMNS: dict[str, Callable[[Any], Any]] = {
     "psnr_diff_none": float,
     "psnr_diff_none_ci_low": float,
     "psnr_diff_none_ci_high": float,
+    "psnr_original": float,
+    "psnr_original_ci_low": float,
+    "psnr_original_ci_high": float,
+    "psnr_original_chance": float,
+    "psnr_original_gain": float,
+    "psnr_original_gain_ci_low": float,
+    "psnr_original_gain_ci_high": float,
+    "vs_chance_original": str,
+    "ssim_original": float,
+    "ssim_original_ci_low": float,
+    "ssim_original_ci_high": float,
+    "ssim_original_chance": float,
     "mse_mean": float,
     "feature_mse_mean": float,
     "n_images": int,
@@ -113,7 +130,8 @@ def summary_rows(
             return mean_interval(values, seed=derive_seed(seed, "summary", defence, stage, attack, what))
 
         psnr, ssim = interval(kept["psnr"], "psnr"), interval(kept["ssim"], "ssim")
-        guess, gain = _gain_over_chance(record, diverged, name, interval)
+        guess, gain = _gain_over_chance(record, diverged, name, interval, "psnr", "chance")
+        original = _against_original(record, diverged, name, interval)
         reference = by_key.get((REFERENCE_DEFENCE, stage, attack))
         difference = _paired_with_reference(record, reference, name, seed)
         row = {
@@ -136,10 +154,11 @@ def summary_rows(
             "ssim_mean": ssim.mean,
             "ssim_ci_low": ssim.low,
             "ssim_ci_high": ssim.high,
-            "ssim_chance": _best_chance_mean(record, diverged, "ssim"),
+            "ssim_chance": _best_chance_mean(record, diverged, "ssim", "chance"),
             "psnr_diff_none": difference.mean,
             "psnr_diff_none_ci_low": difference.low,
             "psnr_diff_none_ci_high": difference.high,
+            **original,
             "mse_mean": _statistic(np.mean, kept["mse"]),
             "feature_mse_mean": _statistic(np.mean, kept["feature_mse"]),
             "n_images": diverged.size,
@@ -155,34 +174,66 @@ def _usable(record: Mapping[str, Any], diverged: np.ndarray, metric: str) -> np.
     return ~diverged & np.isfinite(values)
 
 
-def _chance_means(record: Mapping[str, Any], keep: np.ndarray, metric: str) -> dict[str, float]:
-    """Mean of each stored guess's ``metric`` over the ``keep`` images (guesses absent: none)."""
+def _chance_means(record: Mapping[str, Any], keep: np.ndarray, prefix: str, metric: str) -> dict[str, float]:
+    """Mean of each stored guess's ``{prefix}/{guess}/{metric}`` over the ``keep`` images."""
     means = {}
     for guess in CHANCE_GUESSES:
-        key = f"chance/{guess}/{metric}"
+        key = f"{prefix}/{guess}/{metric}"
         if key in record and keep.any():
             means[guess] = float(np.mean(np.asarray(record[key], dtype=np.float64).ravel()[keep]))
     return means
 
 
-def _best_chance_mean(record: Mapping[str, Any], diverged: np.ndarray, metric: str) -> float:
-    means = _chance_means(record, _usable(record, diverged, metric), metric)
+def _best_chance_mean(record: Mapping[str, Any], diverged: np.ndarray, metric: str, prefix: str,
+                      scored: str | None = None) -> float:
+    """The best guess's mean ``metric`` over the images where ``scored`` (default ``metric``) is usable."""
+    means = _chance_means(record, _usable(record, diverged, scored or metric), prefix, metric)
     return max(means.values()) if means else math.nan
 
 
 def _gain_over_chance(record: Mapping[str, Any], diverged: np.ndarray, name: str,
-                      interval: Callable[[np.ndarray, str], Estimate]) -> tuple[str, Estimate]:
-    """The best PSNR guess (by its mean over the measured images) and the per-image gain over it."""
-    keep = _usable(record, diverged, "psnr")
-    means = _chance_means(record, keep, "psnr")
+                      interval: Callable[[np.ndarray, str], Estimate], metric: str,
+                      prefix: str) -> tuple[str, Estimate]:
+    """The best PSNR guess (by its mean over the measured images) and the per-image gain over it.
+
+    ``metric`` is the record's per-image PSNR (``psnr`` or ``psnr_original``), ``prefix`` the group of
+    its guesses (``chance`` or ``chance_original``).
+    """
+    keep = _usable(record, diverged, metric)
+    means = _chance_means(record, keep, prefix, "psnr")
     if not means:
         return "", Estimate(math.nan, math.nan, math.nan, 0)
     guess = max(means, key=lambda g: (means[g], -CHANCE_GUESSES.index(g)))
-    values = np.asarray(record["psnr"], dtype=np.float64).ravel()
-    chance = np.asarray(record[f"chance/{guess}/psnr"], dtype=np.float64).ravel()
+    values = np.asarray(record[metric], dtype=np.float64).ravel()
+    chance = np.asarray(record[f"{prefix}/{guess}/psnr"], dtype=np.float64).ravel()
     if chance.shape != values.shape:
-        raise ValueError(f"{name}: chance/{guess}/psnr has {chance.size} values for {values.size} attacked images")
-    return guess, interval(values[keep] - chance[keep], "gain")
+        raise ValueError(f"{name}: {prefix}/{guess}/psnr has {chance.size} values for {values.size} attacked images")
+    return guess, interval(values[keep] - chance[keep], f"{metric} gain")
+
+
+def _against_original(record: Mapping[str, Any], diverged: np.ndarray, name: str,
+                      interval: Callable[[np.ndarray, str], Estimate]) -> dict[str, Any]:
+    """The ``*_original`` columns: registered scores against the untransformed image (NaN without them)."""
+    if "psnr_original" not in record:
+        return {column: "" if SUMMARY_COLUMNS[column] is str else math.nan
+                for column in SUMMARY_COLUMNS if "_original" in column}
+    psnr = interval(_finite_kept(record["psnr_original"], ~diverged, f"{name}: psnr_original"), "psnr_original")
+    ssim = interval(_finite_kept(record["ssim_original"], ~diverged, f"{name}: ssim_original"), "ssim_original")
+    guess, gain = _gain_over_chance(record, diverged, name, interval, "psnr_original", "chance_original")
+    return {
+        "psnr_original": psnr.mean,
+        "psnr_original_ci_low": psnr.low,
+        "psnr_original_ci_high": psnr.high,
+        "psnr_original_chance": psnr.mean - gain.mean if guess else math.nan,
+        "psnr_original_gain": gain.mean,
+        "psnr_original_gain_ci_low": gain.low,
+        "psnr_original_gain_ci_high": gain.high,
+        "vs_chance_original": _versus_chance(gain),
+        "ssim_original": ssim.mean,
+        "ssim_original_ci_low": ssim.low,
+        "ssim_original_ci_high": ssim.high,
+        "ssim_original_chance": _best_chance_mean(record, diverged, "ssim", "chance_original", "ssim_original"),
+    }
 
 
 def _versus_chance(gain: Estimate) -> str:

@@ -136,6 +136,18 @@ def draw_per_sample(policy: Policy, seeds: Sequence[int], *, image_size: int = 3
                                                                      image_size=image_size)
 
 
+def centred_draw(count: int, *, image_size: int = 32) -> AugmentationDraw:
+    """The draw that leaves images where they are: the middle crop window, no flip, sub-policy 0.
+
+    Under ``"crop"`` mode it puts each untransformed image in the frame of the cropped ones (for
+    28-pixel Fashion-MNIST: zero-padded by 2), where reconstructions are compared with it.
+    """
+    offset = _max_crop_offset(image_size) // 2
+    return AugmentationDraw(crop_offsets=torch.full((count, 2), offset, dtype=torch.int64),
+                           flips=torch.zeros(count, dtype=torch.bool), subpolicy=torch.zeros(count, dtype=torch.int64),
+                           signs=torch.ones(count, 1))
+
+
 def _effective_mode(mode: str, policy: Policy) -> str:
     """The mode actually applied: ``"policy"`` with the empty policy is ``"plain"`` (spec §2.4)."""
     if mode not in MODES:

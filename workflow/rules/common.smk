@@ -266,5 +266,6 @@ def get_final_outputs():
         "results/report/spri_vs_psnr.svg",
         "results/report/findings.html",
         "results/report/leak_across_training.svg",
+        "results/report/against_original.svg",
         "results/report/published_comparison.tsv",
     ] + get_search_reports()

@@ -116,6 +116,23 @@ rule plot_leak_across_training:
         "../scripts/plot_leak_across_training.py"
 
 
+rule plot_against_original:
+    input:
+        summary=rules.summarize.output[0],
+    output:
+        report(
+            "results/report/against_original.svg",
+            caption="../report/against_original.rst",
+            category="Attacks",
+            labels={"figure": "against the untransformed image"},
+        ),
+    log:
+        "results/logs/plot_against_original.log",
+    threads: 1
+    script:
+        "../scripts/plot_against_original.py"
+
+
 localrules:
     list_candidates,
     select_policies,
@@ -130,3 +147,4 @@ localrules:
     plot_spri_vs_psnr,
     write_findings,
     plot_leak_across_training,
+    plot_against_original,

@@ -1,0 +1,9 @@
+"""Snakemake adapter: PSNR against the untransformed image, per defence, attacker and stage."""
+
+from ats.report.figures import plot_against_original
+from ats.report.summary import read_summary
+from ats.runtime.logs import configure
+
+configure(snakemake.log[0])
+
+plot_against_original(snakemake.output[0], read_summary(snakemake.input.summary))
