@@ -124,3 +124,14 @@ def tiny_dataset_h5(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return out_path
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small tensors gain nothing from more, and lose much on a busy machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -35,13 +35,7 @@ BOUNDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors gain nothing from more threads, and lose much on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def natural_images(count: int, size: int, channels: int, seed: int) -> np.ndarray:

@@ -21,13 +21,7 @@ MEAN = torch.tensor([0.5, 0.4, 0.3], dtype=torch.float64)
 STD = torch.tensor([0.25, 0.2, 0.3], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose much on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_net(channels: int = 3, seed: int = 0) -> nn.Module:

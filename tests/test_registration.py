@@ -10,12 +10,7 @@ from ats.attack.registration import align, policy_max_shift, registered_metrics
 from ats.policies import parse_policy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def framed_images(count: int, margin: int = 6) -> torch.Tensor:

@@ -704,6 +704,7 @@ def plot_spri_vs_psnr(
     path: PathLike,
     points: Sequence[tuple[str, float, float]],
     note: str | None = None,
+    chance: float | None = None,
 ) -> None:
     """Does S_pri predict privacy? S_pri from the search (x) against the mean attack PSNR (y).
 
@@ -712,6 +713,8 @@ def plot_spri_vs_psnr(
     degenerate run is visibly inconclusive instead of looking like evidence. A least-squares line
     is drawn only when the correlation is defined. ``note`` (for example "the search was skipped:
     policies were pinned") is shown in the plot when nothing can be drawn, else as a footnote.
+    ``chance``, the mean chance level of the plotted defences' targets, is drawn as a black
+    dotted line: points near it are attacks that failed, whose PSNR says nothing about S_pri.
     """
     figure = _figure(7.0, 5.0)
     ax = figure.add_subplot()
@@ -729,6 +732,9 @@ def plot_spri_vs_psnr(
         _save(figure, path)
         return
     ax.scatter(s_pri[finite], psnr[finite], s=40, color=SERIES_COLOURS[0], zorder=3)
+    if chance is not None and math.isfinite(chance):
+        ax.axhline(chance, color=REFERENCE_COLOUR, linestyle=":", linewidth=1.2,
+                   label=f"chance level ({chance:.1f} dB, mean over these defences)")
     for policy, x_value, y_value in zip(np.array(policies)[finite], s_pri[finite], psnr[finite]):
         ax.annotate(_policy_label(str(policy)), (x_value, y_value), xytext=(5, 4), textcoords="offset points",
                     fontsize=8)
@@ -737,11 +743,12 @@ def plot_spri_vs_psnr(
         line_x = np.array([s_pri[finite].min(), s_pri[finite].max()])
         ax.plot(line_x, slope * line_x + intercept, color=MUTED_COLOUR, linestyle="--", linewidth=1,
                 label="least-squares line")
-        ax.legend(loc="best")
     elif statistics["n"] < 3:
         notes.append(f"at least 3 points are needed for a correlation; this run has {statistics['n']}.")
     else:
         notes.append("the correlation is undefined because all S_pri or all PSNR values are equal.")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
     notes += _not_shown_note("no S_pri or no finite PSNR", [_policy_label(p) for p, ok in zip(policies, finite) if not ok])
     ax.set_xlabel("S_pri from the search (lower is more private)")
     ax.set_ylabel("mean PSNR of the attack on the trained model (dB)")

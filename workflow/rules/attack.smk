@@ -35,25 +35,3 @@ rule attack_defence:
         runtime=720,
     script:
         "../scripts/attack.py"
-
-
-rule plot_reconstructions:
-    input:
-        attacks=get_attack_files,
-    output:
-        report(
-            "results/report/reconstructions.png",
-            caption="../report/reconstructions.rst",
-            category="Attacks",
-            labels={"figure": "reconstructions"},
-        ),
-    params:
-        defences=get_defences,
-        stages=get_stages(),
-        attacks=get_attacks(),
-        grid_images=config["report"]["grid_images"],
-    log:
-        "results/logs/plot_reconstructions.log",
-    threads: 1
-    script:
-        "../scripts/plot_reconstructions.py"
