@@ -36,7 +36,7 @@ else:
             arch=config["model"]["arch"],
             defence="crop",
             epochs=SEARCH["pretrain"]["epochs"],
-            batch_size=128,
+            batch_size=SEARCH["pretrain"]["batch_size"],
             train_fraction=SEARCH["pretrain"]["fraction"],
             eval_every=10,
             test_images=config["training"]["test_images"],
