@@ -370,3 +370,28 @@ def test_a_failed_rewrite_keeps_the_previous_figure(tmp_path: Path, monkeypatch:
         figures.plot_psnr_distributions(path, {"crop / ig": np.array([1.0, 2.0])})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["psnr.svg"]
+
+
+def test_leak_across_training_and_against_original_figures(tmp_path: Path):
+    records = []
+    for stage, step, offset in (("init", 0, 6.0), ("final", 40, 0.0)):
+        for defence in ("none", "3-1-7"):
+            metrics = per_image_metrics([10.0 + offset, 12.0 + offset, 11.0 + offset], [False] * 3)
+            metrics.update({f"chance/{g}/psnr": np.full(3, 9.0) for g in ("black", "train_mean")})
+            metrics.update({f"chance/{g}/ssim": np.full(3, 0.1) for g in ("black", "train_mean")})
+            metrics.update({"psnr_original": metrics["psnr"] - 1, "ssim_original": metrics["ssim"],
+                            "chance_original/black/psnr": np.full(3, 8.0), "chance_original/black/ssim": np.full(3, 0.1)})
+            records.append({**metrics, "defence": defence, "stage": stage, "attack": "inversed", "training_step": step})
+    rows = summary_rows(records, {"none": 0.9, "3-1-7": 0.8}, seed=0)
+    leak = tmp_path / "leak" / "leak_across_training.svg"
+    figures.plot_leak_across_training(leak, rows)
+    text = svg_text(leak)
+    for expected in ("none", "3-1-7", "PSNR gain over chance (dB)", "0 dB: chance"):
+        assert expected in text
+    original = tmp_path / "original" / "against_original.svg"
+    figures.plot_against_original(original, rows)
+    text = svg_text(original)
+    assert "attacked at stage: init" in text and "attacked at stage: final" in text and "chance level" in text
+    empty = tmp_path / "empty" / "against_original.svg"
+    figures.plot_against_original(empty, [])
+    assert "No attack was scored" in svg_text(empty)

@@ -631,15 +631,16 @@ def _interval_bars(rows: Sequence[Mapping[str, Any]], column: str, interval: str
 
 
 def _label_points(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Label each defence once, at its highest point, alternating sides so neighbours do not overlap."""
+    """Label each defence once, at its highest point, alternately above and below it (in order of
+    accuracy), so that the labels of neighbouring points do not run into each other."""
     highest: dict[str, tuple[float, float]] = {}
     for row in rows:
         x_value, y_value = 100.0 * _as_float(row["accuracy"]), _as_float(row["psnr_mean"])
         if str(row["defence"]) not in highest or y_value > highest[str(row["defence"])][1]:
             highest[str(row["defence"])] = (x_value, y_value)
     for number, (defence, point) in enumerate(sorted(highest.items(), key=lambda item: item[1])):
-        ax.annotate(defence, point, xytext=(6 if number % 2 == 0 else -6, 6 if number % 4 < 2 else -10),
-                    textcoords="offset points", ha="left" if number % 2 == 0 else "right", fontsize=8,
+        ax.annotate(defence, point, xytext=(6, 8 if number % 2 == 0 else -14),
+                    textcoords="offset points", ha="left", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
 
 
@@ -772,7 +773,7 @@ def plot_against_original(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> 
     attacks = list(dict.fromkeys(str(row["attack"]) for row in usable))
     figure = _figure(max(6.0, 1.0 + 0.9 * len(defences)) + 1.5, 3.2 * len(stages) + 0.8)
     axes = figure.subplots(len(stages), 1, squeeze=False, sharex=True)[:, 0]
-    figure.suptitle("PSNR against the untransformed image (registered), by attacker; black dash: chance")
+    figure.suptitle("PSNR against the untransformed image, at the best alignment")
     if not usable:
         _show_empty(axes[0], "No attack was scored against the untransformed images.")
         _save(figure, path)
