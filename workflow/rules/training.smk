@@ -67,7 +67,7 @@ rule snapshot_defence:
         mem_mb=16000,
         runtime=720,
     script:
-        "../scripts/snapshot.py"
+        "../scripts/train.py"
 
 
 rule plot_training_curves:
