@@ -6,6 +6,8 @@ import pytest
 
 from workflow_helpers import snakemake
 
+FOUR_BY_TWELVE = {"epochs": 4, "train_fraction": 0.025, "batch_size": 125}
+
 BAD_CONFIGS = [
     # (override, words the error must contain)
     ({"sed": 1}, ["sed", "Additional properties"]),
@@ -31,11 +33,12 @@ BAD_CONFIGS = [
     ({"training": {"epochs": 5.0}}, ["training.epochs", "must be an integer, got 5.0"]),
     ({"search": {"pretrain": {"fraction": float("nan")}}}, ["search.pretrain.fraction", "finite"]),
     ({"search": {"candidates": {"count": 200000}}}, ["search.candidates.count", "distinct"]),
-    # Training stages: the name, and a point past the end of the demo's 4 × 12 optimizer steps.
+    # Training stages: the name, and points of a run of 4 epochs × 12 steps (1500 images, batches of 125).
     ({"attack": {"stages": ["middle"]}}, ["attack.stages", "epoch-"]),
-    ({"attack": {"stages": ["step-48"]}}, ["attack.stages", "step-48", "ends after 48 steps"]),
-    ({"attack": {"stages": ["epoch-4"]}}, ["attack.stages", "epoch-4", "final"]),
-    ({"attack": {"stages": ["epoch-1", "step-12"]}}, ["attack.stages", "same point"]),
+    ({"training": FOUR_BY_TWELVE, "attack": {"stages": ["step-48"]}},
+     ["attack.stages", "step-48", "ends after 48 steps"]),
+    ({"training": FOUR_BY_TWELVE, "attack": {"stages": ["epoch-4"]}}, ["attack.stages", "epoch-4", "final"]),
+    ({"training": FOUR_BY_TWELVE, "attack": {"stages": ["epoch-1", "step-12"]}}, ["attack.stages", "same point"]),
 ]
 
 
