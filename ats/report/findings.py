@@ -129,8 +129,8 @@ def write_findings_html(path: str | os.PathLike, rows: Sequence[Mapping[str, Any
              "image, the attack's own starting image). A defence whose gain over chance has an interval "
              "containing 0 cannot be told from chance.</p>"]
     for heading, sentences in findings(rows):
-        parts.append(f"<h2>{html.escape(heading)}</h2><ul>")
-        parts += [f"<li>{html.escape(sentence)}</li>" for sentence in sentences]
+        parts.append(f"<h2>{html.escape(heading, quote=False)}</h2><ul>")
+        parts += [f"<li>{html.escape(sentence, quote=False)}</li>" for sentence in sentences]
         parts.append("</ul>")
     if not rows:
         parts.append("<p>No attack results.</p>")
