@@ -180,9 +180,10 @@ SEMANTIC_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] 
         unique_lists(attack_names, min_size=1),
         st.one_of(st.just([]), lists_with_one_bad(attack_names, st.sampled_from(["dlg", "Inversed", ""]))),
     ),
-    # Training stages must be distinct points inside the demo's run (2 epochs of 19 steps).
+    # Training stages must be distinct points inside the run, whose length other fuzzed keys change:
+    # only the two ends are valid for every run (tests/test_training_stages.py checks the rest).
     "attack.stages": (
-        unique_lists(st.sampled_from(["init", "final", "step-1", "step-5", "epoch-1"]), min_size=1),
+        unique_lists(st.sampled_from(["init", "final"]), min_size=1),
         st.one_of(st.just([]), lists_with_one_bad(
             st.sampled_from(["init", "final", "step-1"]),
             st.sampled_from(["middle", "step-0", "epoch-01", "Final", "step-1000000", "epoch-2", "", 3]))),
