@@ -51,7 +51,7 @@ test-python: setup
 	$(BIN)/python -m pytest
 
 test-slurm: setup
-	timeout -k 30 1800 bash tests/slurm/run-slurm-test.sh
+	timeout -k 30 3600 bash tests/slurm/run-slurm-test.sh
 
 bench: setup
 	$(BIN)/python -m benchmarks.run $(if $(DEVICE),--device $(DEVICE),)

@@ -35,7 +35,7 @@ SLURM_PROFILES=(--profile "$REPO/profiles/slurm" --profile "$REPO/tests/slurm/pr
 GPU_RULES=pretrain_search_model,score_shard,train_defence,snapshot_defence,attack_defence
 # Time limits (s). A healthy run takes well under half of each; beyond it something hangs.
 START_LIMIT=300
-WORKFLOW_LIMIT=1000
+WORKFLOW_LIMIT=2000
 FAILING_JOB_LIMIT=120
 
 skip() {
