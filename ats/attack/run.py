@@ -112,16 +112,19 @@ def attack_stage(
     ``defence``: the model's gradient defence, applied to the shared gradients only when
     ``defend_observed_gradient`` (a no-op without a gradient defence). ``iterations`` overrides the
     attack's budget. ``device``: a resolved torch device (not ``"auto"``). ``train_mean``: the
-    training split's mean image ``(C, H, W)`` in [0, 1], one of the chance guesses
-    (:mod:`ats.attack.chance`). ``stage`` and ``training_step`` say which point of training the model
-    is at; they are recorded, not used.
+    training split's mean image ``(C, H, W)`` in [0, 1] as the defence shares its images, one of the
+    chance guesses (:mod:`ats.attack.chance`); ``train_mean_original`` the same in the frame of the
+    untransformed images, for the chance levels of the registered scores. ``stage`` and
+    ``training_step`` say which point of training the model is at; they are recorded, not used.
 
     Output arrays (``N`` targets): ``reconstructions`` and ``ground_truth`` (float32 ``N×C×H×W`` in
     [0, 1]; reconstructions clamped for storage), ``cost_history`` (``N×T``), ``final_cost``,
     ``diverged``, ``labels``, ``attack_labels`` (the labels the attack used), ``target_indices``,
     ``metrics/{psnr,ssim,mse,feature_mse}`` (computed on the unclamped reconstructions, as the
-    original) and ``chance/{guess}/{psnr,ssim}``, the scores of every uninformed guess of the same
-    targets.
+    original), ``chance/{guess}/{psnr,ssim}`` (the scores of every uninformed guess of the same
+    targets) and the scores against the untransformed images (``originals``,
+    ``metrics/{psnr,ssim}_original``, ``alignment/*``, ``chance_original/*``; the policy-aware
+    attacks' ``untransformed_reconstructions`` and ``learned_draw/*``), listed in docs/attacks.md.
     """
     _check_targets(images_uint8, labels, target_indices, batch_size)
     config = get_attack(attack_name, iterations)
