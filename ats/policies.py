@@ -4,9 +4,9 @@ Vocabulary (the original code calls each of the 50 entries a ``SubPolicy``; we d
 hybrid policy has sub-policies of its own):
 
 * a **transform** is a kind of image operation (``shearX``, ``rotate``, ``equalize``, …) whose
-  strength is picked from a 10-step magnitude range (spec §2.1);
+  strength is picked from a 10-step magnitude range (docs/original-code.md §2.1);
 * an **op** is one of the 50 indexed (transform, magnitude index) pairs of the original
-  ``policy.py`` (spec §2.3), addressed by its index 0…49;
+  ``policy.py`` (docs/original-code.md §2.3), addressed by its index 0…49;
 * a **sub-policy** is an ordered tuple of op indices, applied in order, e.g. ``(3, 1, 7)``;
 * a **policy** is a tuple of sub-policies; training draws one of them uniformly per image
   (a *hybrid* when there is more than one). The empty policy ``()`` means "no transformation".
@@ -44,7 +44,7 @@ def _numpy_linspace(start: float, stop: float, num: int = MAGNITUDE_STEPS) -> tu
     return tuple(i * step + start for i in range(num - 1)) + (float(stop),)
 
 
-# Magnitude ranges of spec §2.1, indexed by magnitude index 0…9. Photometric ranges are 0…0.5
+# Magnitude ranges of docs/original-code.md §2.1, indexed by magnitude index 0…9. Photometric ranges are 0…0.5
 # (not AutoAugment's 0…0.9); translations are fractions of the image side; rotation is in degrees.
 TRANSFORM_MAGNITUDES: dict[str, tuple[float, ...]] = {
     "shearX": _numpy_linspace(0.0, 0.3),
@@ -78,7 +78,8 @@ class Operation:
     """One of the 50 indexed ops: a transform at a fixed magnitude.
 
     ``probability`` is the value written in the original list; the original never uses it (every op
-    is applied unconditionally, spec §2.2), and neither do we. It is kept for documentation only.
+    is applied unconditionally, docs/original-code.md §2.2), and neither do we. It is kept for documentation
+    only.
     """
 
     transform: str
@@ -96,7 +97,7 @@ class Operation:
         return self.transform in SIGNED_TRANSFORMS
 
 
-# The original ``policy.py`` list, in order (spec §2.3): (probability, transform, magnitude index).
+# The original ``policy.py`` list, in order (docs/original-code.md §2.3): (probability, transform, magnitude index).
 _ORIGINAL_LIST: tuple[tuple[float, str, int], ...] = (
     (0.1, "invert", 7), (0.2, "contrast", 6), (0.7, "rotate", 2), (0.3, "translateX", 9),
     (0.8, "sharpness", 1), (0.9, "sharpness", 3), (0.5, "shearY", 2), (0.7, "translateY", 2),
@@ -232,7 +233,7 @@ def describe_policy(text: str, image_size: int = 32) -> str:
 def candidate_policies(count: int, seed: int, extra: Sequence[str] = ()) -> list[str]:
     """``count`` distinct random candidate policies, then the ``extra`` ones not already drawn.
 
-    Like the original ``batch_generate.py`` (spec §1.3), each candidate is three independent uniform
+    Like the original ``batch_generate.py`` (docs/original-code.md §3.1), each candidate is three independent uniform
     draws from {no-op, 0, …, 49}; no-ops are dropped, so candidates have 1–3 ops. Unlike the
     original, the range excludes the non-existent op 50, the stream is seeded, exact duplicates and
     the empty policy are skipped. The stream depends only on ``seed``, so a larger ``count`` extends

@@ -53,7 +53,7 @@ BENCHMARKS = ("spri", "attack", "augment", "policy")
 SEED = 23333
 NUM_CLASSES = 100  # the paper's CIFAR-100 setting
 IMAGE_SHAPE = (3, 32, 32)
-# CIFAR-10 constants, which the original used for CIFAR-100 (spec §2.4).
+# CIFAR-10 constants, which the original used for CIFAR-100 (docs/original-code.md §2.6).
 MEAN = (0.4914672374725342, 0.4822617471218109, 0.4467701315879822)
 STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
 # The README's example hybrid policy, and a hybrid that uses each of the 13 transforms of the
@@ -62,7 +62,7 @@ STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
 BENCH_POLICY = "3-1-7+43-18-18"
 ALL_TRANSFORMS_POLICY = "2-6-9+11-37-0+12-13-14+8-1-21-7"
 AUGMENT_BATCH = 128  # the training batch size of the original recipe
-# The paper's scale of one policy's scoring (spec §3.1, §4.2) and of the search.
+# The paper's scale of one policy's scoring (docs/original-code.md §5.1, §6.2) and of the search.
 PAPER_PRIVACY_IMAGES = 100 * 5
 PAPER_ACCURACY_RUNS = 10
 PAPER_ACCURACY_BATCH = 63  # distinct labels among 100 consecutive CIFAR-100 test images, on average
@@ -451,7 +451,7 @@ def bench_policy(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """Seconds to score one policy at the paper's scale on ResNet20-4, from a measured fraction.
 
     One policy costs S_pri on 100 classes × 5 images on the tiny-data model and 10 S_acc runs of
-    about 63 images on the untrained model (spec §3, §4). Both are timed here (after a warm-up) on
+    about 63 images on the untrained model (docs/original-code.md §5, §6). Both are timed here (after a warm-up) on
     ``policy_privacy_images`` images and ``policy_accuracy_runs`` runs, then scaled linearly.
     """
     model = _model("ResNet20-4", device, "policy")

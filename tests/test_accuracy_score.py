@@ -1,4 +1,4 @@
-"""S_acc against spec §4.3 written out with NumPy (corrcoef, the general eigen-solver, the formula)."""
+"""S_acc against docs/original-code.md §6.3 written out with NumPy (corrcoef, the general eigen-solver, the formula)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""S_pri: the vectorised engines against a straightforward batch-1 implementation of spec §3.3."""
+"""S_pri: the vectorised engines against a straightforward batch-1 implementation of docs/original-code.md §5.3."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def tiny_convnet(seed: int = 0, channels: int = 3) -> nn.Module:
 
 def naive_privacy_score(model: nn.Module, image: torch.Tensor, label: torch.Tensor, noise: torch.Tensor,
                         bins: int) -> tuple[float, list[float]]:
-    """Spec §3.3 written out: batch-1 gradients, a loop over parameters, the original's area ratio."""
+    """docs/original-code.md §5.3 written out: batch-1 gradients, a loop over parameters, the original's area ratio."""
     parameters = list(model.parameters())
 
     def gradient(x: torch.Tensor) -> tuple[torch.Tensor, ...]:

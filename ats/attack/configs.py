@@ -1,4 +1,4 @@
-"""Attack configurations of the original benchmark (``benchmark/comm.py::create_config``, spec §6.2).
+"""Attack configurations of the original benchmark (``benchmark/comm.py::create_config``, docs/original-code.md §9.3).
 
 Every config inverts the gradient of ``0.5 · mean cross-entropy`` on all parameter tensors with equal
 weights ('def' indices, 'equal' weights), scores trials by the gradient-matching cost without TV and
@@ -138,7 +138,7 @@ POLICY_AWARE_ATTACKS: dict[str, AttackConfig] = {
 }
 
 #: The six attacks of the paper's attack-comparison table, by the names used there, as mapped by
-#: the MLRC replication (spec §6.2).
+#: the MLRC replication (docs/original-code.md §9.3).
 PAPER_ATTACK_MATRIX: dict[str, str] = {
     "LBFGS+L2": "zhu",
     "Adam+Cosine": "inversed",

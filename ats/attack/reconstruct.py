@@ -1,7 +1,7 @@
 """Gradient-inversion attacks, many at once.
 
-The original benchmark attacks one image at a time for 4800 Adam steps (about 27 minutes per image
-for ResNet20-4 on a CPU, spec §9 item 18). The attacks are independent, so here a whole batch of
+The original benchmark attacks one image at a time for 4800 Adam steps (docs/original-code.md §9.4,
+§10.4; timed in docs/benchmarks.md). The attacks are independent, so here a whole batch of
 them runs as one computation:
 
 * the dummy gradients of all attacks come from one :func:`torch.func.vmap` over the per-sample

@@ -1,13 +1,13 @@
 """The attack stage: invert the gradients of a trained model's target images and score the results.
 
-Protocol (spec §6.1), with the original's choices made explicit:
+Protocol (docs/original-code.md §9.1), with the original's choices made explicit:
 
 * each target image goes through the same preprocessing as in training (``augmentation_mode``,
   ``policy`` and a per-image ``draw``); the image whose gradient is shared, and against which the
   reconstruction is scored, is that *transformed* image, as in the original;
 * each target shares its own gradient (batch size 1, eval mode, ``0.5 · CE``); optionally the
   model's gradient defence is applied to it (``defend_observed_gradient``: the original never did,
-  spec §9 item 8), with noise drawn from a generator seeded by the target's index;
+  docs/original-code.md §9.2), with noise drawn from a generator seeded by the target's index;
 * the attack knows the true label, or recovers it with the iDLG rule (``label_recovery``);
 * attacks run ``batch_size`` targets at a time (:func:`ats.attack.reconstruct.reconstruct`); every
   target's starting image comes from a generator seeded by ``(seed, target index)``, so results do

@@ -68,7 +68,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016, §4.2): three stages of ``blocks_per_stage`` blocks.
+    """CIFAR-style ResNet (He et al. 2016, section 4.2): three stages of ``blocks_per_stage`` blocks.
 
     Stage widths are ``width``, 2·``width``, 4·``width`` with strides 1, 2, 2; the stem is a single
     3×3 conv–BN–ReLU without max-pooling. Convolutions get Kaiming-normal (fan-out) weights, batch

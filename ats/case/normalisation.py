@@ -3,7 +3,7 @@
 The workflow configuration and ``common.smk`` need the list of data sets, their number of classes
 and channels without importing torch, so this module only uses the standard library.
 
-Two normalisation modes exist because the original code was inconsistent (spec §2.4, §9 item 7):
+Two normalisation modes exist because the original code was inconsistent (docs/original-code.md §2.6):
 
 * ``"faithful"`` (default): the constants the original code used for training, search and attack.
   CIFAR-100 is normalised with the *CIFAR-10* constants and Fashion-MNIST with the *MNIST* ones.
@@ -72,7 +72,7 @@ DATASETS: Mapping[str, DatasetSpec] = {
 }
 
 # Per-channel mean and standard deviation of the training split, pixel values scaled to [0, 1].
-# CIFAR values are inversefed's (spec §2.4); MNIST's are the customary ones the original used for
+# CIFAR values are inversefed's (docs/original-code.md §2.6); MNIST's are the customary ones the original used for
 # Fashion-MNIST; Fashion-MNIST's own values were computed over all 60 000 × 28 × 28 training pixels
 # of the official release (population standard deviation).
 _CIFAR10_CONSTANTS: Constants = (

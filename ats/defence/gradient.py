@@ -2,7 +2,7 @@
 
 The original code (HEAD, ``inversefed/training/training_routine.py``) applies these to every
 parameter gradient after ``loss.backward()`` and before ``optimizer.step()`` during training only;
-the gradient the attacker inverts stays clean (spec §9 item 8). This module serves both uses: the
+the gradient the attacker inverts stays clean (docs/original-code.md §9.2). This module serves both uses: the
 training loop calls :meth:`GradientDefence.apply` on the model's gradients, and the attack stage
 can call it on the gradient it shares with the attacker (``defend_observed_gradient``).
 

@@ -1,4 +1,4 @@
-"""The accuracy score S_acc (spec §4): a training-free trainability proxy on the untrained model.
+"""The accuracy score S_acc (docs/original-code.md §6): a training-free trainability proxy on the untrained model.
 
 For a batch of K images with distinct labels, J[k] = ∂(Σ_c f_c(x_k))/∂x_k (one backward pass of a
 vector of ones over the logits), M = the K×K Pearson correlation matrix of the flattened rows of

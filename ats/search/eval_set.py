@@ -1,4 +1,4 @@
-"""The test images on which S_pri and S_acc are computed (spec §3.1, §4.2), cached once per search.
+"""The test images on which S_pri and S_acc are computed (docs/original-code.md §5.1, §6.2), cached once per search.
 
 * **S_pri images.** ``per_class`` (the later code, default): for each class the first
   ``num_samples`` test images with that label, ordered by class then index. ``cvpr`` (the CVPR

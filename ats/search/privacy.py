@@ -1,4 +1,4 @@
-"""The privacy score S_pri (spec §3.3), vectorised over images and interpolation points.
+"""The privacy score S_pri (docs/original-code.md §5.3), vectorised over images and interpolation points.
 
 For an image x with label y, a noise image n and ``bins`` = K, the original code computes the
 gradient g* = ∇θ L(x, y) of L = 0.5 · cross-entropy over every parameter tensor, then for

@@ -1,4 +1,4 @@
-"""Ranking the scored policies and choosing the ones to train (spec §1.5). Torch-free.
+"""Ranking the scored policies and choosing the ones to train (docs/original-code.md §7). Torch-free.
 
 Rules:
 

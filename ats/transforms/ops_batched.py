@@ -1,4 +1,4 @@
-"""Batched torch implementation of the ATS ops, reproducing PIL's arithmetic (spec §2.1).
+"""Batched torch implementation of the ATS ops, reproducing PIL's arithmetic (docs/original-code.md §2.1).
 
 Every function takes ``uint8`` tensors ``N×C×H×W`` on any device and transforms the whole batch
 with tensor operations (no Python loop over images), each image with its own random direction

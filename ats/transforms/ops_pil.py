@@ -1,4 +1,4 @@
-"""Per-image PIL reference implementation of the ATS ops, with the original semantics (spec §2.1).
+"""Per-image PIL reference implementation of the ATS ops, with the original semantics (docs/original-code.md §2.1).
 
 This is the yardstick for :mod:`ats.transforms.ops_batched`: it calls the same PIL functions with
 the same arguments as the original ``autoaugment.py``, except that the random direction of a signed

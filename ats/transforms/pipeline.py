@@ -1,4 +1,4 @@
-"""The preprocessing around a policy (spec §1.6, §2.4), batched on the device, plus its PIL reference.
+"""The preprocessing around a policy (docs/original-code.md §2.5), batched on the device, plus its PIL reference.
 
 The original applied, per image in a DataLoader worker and in this order: zero-pad 4 and crop a
 random 32×32 window, flip horizontally with probability ½, apply the policy (one sub-policy drawn
@@ -149,7 +149,7 @@ def centred_draw(count: int, *, image_size: int = 32) -> AugmentationDraw:
 
 
 def _effective_mode(mode: str, policy: Policy) -> str:
-    """The mode actually applied: ``"policy"`` with the empty policy is ``"plain"`` (spec §2.4)."""
+    """The mode actually applied: ``"policy"`` with the empty policy is ``"plain"`` (docs/original-code.md §2.5)."""
     if mode not in MODES:
         raise ValueError(f"unknown augmentation mode {mode!r}; expected one of {MODES}")
     format_policy(policy)
