@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ats.search import privacy
+from ats.search.per_sample import UnregisteredLayerError
+from ats.search.per_sample.folding import conv_batch_norm_pairs
+from ats.search.per_sample.layers import ROUTES, choose_route
 from ats.search.privacy import (
     interpolation_path,
     privacy_curves,
@@ -116,12 +118,13 @@ def test_matches_the_naive_implementation_in_float32(method: str, naive_results)
 def test_every_conv_route_matches_the_naive_implementation(route: str, naive_results, monkeypatch) -> None:
     """Each way of getting a conv's statistics, forced on every conv (stride, dilation and padding included)."""
     asked = []
+    cost = ROUTES[nn.Conv2d][route]
 
-    def forced_route(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> str:
+    def only_route(conv: nn.Module, input_shape: tuple[int, ...]) -> float:
         asked.append(conv)
-        return route
+        return cost(conv, input_shape)
 
-    monkeypatch.setattr(privacy, "_conv_route", forced_route)
+    monkeypatch.setitem(ROUTES, nn.Conv2d, {route: only_route})
     model, inputs, naive_scores, naive_curves = naive_results[torch.float64]
     scores, curves = privacy_curves(model, *inputs, bins=BINS, method="layerwise")
     assert len(set(map(id, asked))) == 3
@@ -139,7 +142,7 @@ def test_every_conv_route_matches_the_naive_implementation(route: str, naive_res
 def test_conv_route_picks_the_cheapest_way(shape: tuple[int, int, int, int], expected: str) -> None:
     in_channels, out_channels, size, stride = shape
     conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-    assert privacy._conv_route(conv, (size, size), (size // stride, size // stride)) == expected
+    assert choose_route(conv, (in_channels, size, size)) == expected
 
 
 def test_the_curve_ends_at_one_and_the_score_is_its_trapezoid_mean() -> None:
@@ -181,25 +184,26 @@ def test_repeated_calls_give_identical_results() -> None:
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
-def test_auto_uses_vmap_for_layers_the_layerwise_engine_does_not_know() -> None:
+def test_an_unregistered_layer_is_refused_by_name_and_vmap_handles_it() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Tanh(), nn.Flatten(),
                           nn.Linear(4 * 6 * 6, NUM_CLASSES)).double().eval()
     images, labels, noise = _inputs(2, torch.float64)
-    scores, curves = privacy_curves(model, images, labels, noise, bins=BINS)
+    with pytest.raises(UnregisteredLayerError, match=r"layer '1' \(GroupNorm\).*no registered"):
+        privacy_curves(model, images, labels, noise, bins=BINS)
+    scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, method="vmap")
     naive_scores, naive_curves = _naive(model, images, labels, noise)
     assert torch.allclose(curves, naive_curves, atol=1e-10, rtol=0)
     assert torch.allclose(scores, naive_scores, atol=1e-10, rtol=0)
-    with pytest.raises(ValueError, match="GroupNorm|1.weight"):
-        privacy_curves(model, images, labels, noise, bins=BINS, method="layerwise")
 
 
-@pytest.mark.parametrize(("arch", "pairs"), [("ResNet20", 21), ("ConvNet8", 8)])
-def test_every_conv_batch_norm_pair_of_the_victim_models_is_folded(arch: str, pairs: int) -> None:
+@pytest.mark.parametrize(("arch", "pairs"), [("ResNet20", 21), ("ConvNet8", 0)])
+def test_every_conv_batch_norm_pair_of_the_resnets_is_folded_and_none_of_the_max_pool_convnets(
+        arch: str, pairs: int) -> None:
     from ats.case.models import build_model
 
     model = build_model(arch, NUM_CLASSES, 3).eval()
-    found = privacy._conv_batch_norm_pairs(model)
+    found = conv_batch_norm_pairs(model)
     assert len(found) == pairs
     assert all(isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) for conv, norm in found)
 
@@ -220,7 +224,7 @@ def test_a_conv_whose_output_is_read_twice_is_not_folded() -> None:
 
     torch.manual_seed(3)
     model = _randomise_batch_norms(Skip(), torch.Generator().manual_seed(3)).double().eval()
-    assert privacy._conv_batch_norm_pairs(model) == [(model.conv1, model.bn1)]
+    assert conv_batch_norm_pairs(model) == [(model.conv1, model.bn1)]
     images, labels, noise = _inputs(2, torch.float64)
     scores, curves = privacy_curves(model, images, labels, noise, bins=BINS, method="layerwise")
     naive_scores, naive_curves = _naive(model, images, labels, noise)
@@ -230,7 +234,7 @@ def test_a_conv_whose_output_is_read_twice_is_not_folded() -> None:
 
 def test_folding_leaves_the_model_as_it_was(naive_results) -> None:
     model, inputs, _, _ = naive_results[torch.float64]
-    assert len(privacy._conv_batch_norm_pairs(model)) == 3
+    assert len(conv_batch_norm_pairs(model)) == 3
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     before = model(inputs[0])
     privacy_curves(model, *inputs, bins=BINS, method="layerwise")
