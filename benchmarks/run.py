@@ -587,7 +587,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` intra-op threads (``None``: unchanged), then restore the previous setting.
 
     ``--quick`` uses one thread: on a machine shared with other jobs, OpenMP threads that
-    spin-wait for a busy core can make a two-thread run ten times slower, and the smoke test must
+    spin-wait for a busy core can make a two-thread run many times slower, and the smoke test must
     stay fast; its timings mean nothing anyway.
     """
     previous = torch.get_num_threads()

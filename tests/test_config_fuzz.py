@@ -4,8 +4,8 @@ The strategies are derived from the schema itself (``workflow/schemas/config.sch
 key added there is fuzzed without touching this file; keys whose grammar lives in
 :mod:`ats.config` (policies, defences, architectures, files) get hand-written strategies. Each
 config goes through the same two steps as ``workflow/rules/common.smk``: Snakemake's schema
-validation, then :func:`ats.config.check_config`. This runs in-process, about 30 ms per config,
-so hundreds of configs cost seconds where a ``snakemake --dry-run`` each would cost minutes;
+validation, then :func:`ats.config.check_config`. This runs in-process, so hundreds of configs
+cost less than a few ``snakemake --dry-run`` calls, each of which builds the whole DAG;
 ``tests/test_config_validation.py`` checks through the real command line that both steps run
 before any job.
 """

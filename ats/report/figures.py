@@ -431,7 +431,8 @@ def plot_reconstruction_grid(
 
     This figure is a PNG: hundreds of tiny raster images make SVGs large and slow to render. Each
     row is one mosaic image in one axes, placed in inches: 12 blocks of 8 images take 24 axes
-    instead of 192, which is several times faster, and the tiles stay square and evenly spaced.
+    instead of 192, far fewer for matplotlib to lay out and draw, and the tiles stay square and
+    evenly spaced.
     """
     for label, truth, reconstruction, psnr in blocks:
         if np.shape(truth) != np.shape(reconstruction) or np.ndim(truth) != 4 or np.shape(truth)[1] not in (1, 3):

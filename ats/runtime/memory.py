@@ -32,10 +32,10 @@ def retain_freed_host_memory() -> bool:
 
     By default glibc serves blocks above a threshold (at most 32 MiB) with fresh memory mappings,
     unmaps them when they are freed, and trims the heap top, so the large temporaries of every CPU
-    pass come back as new pages that the kernel must fault in and zero. One S_pri pass over 8
-    ResNet20 images took 75 000 page faults (≈ 300 MB) and ran ~40 % slower than with the memory
-    kept. A stage's process then keeps its peak memory until it exits, which a one-stage job does
-    anyway. Applies to the whole process and only to glibc; returns whether it took effect.
+    pass come back as new pages that the kernel must fault in and zero, a large share of a CPU
+    pass's time (measured in docs/benchmarks.md). A stage's process then keeps its peak memory
+    until it exits, which a one-stage job does anyway. Applies to the whole process and only to
+    glibc; returns whether it took effect.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -98,8 +98,7 @@ def default_chunk_size(model: nn.Module, input_shape: Sequence[int], method: Gra
     ``vmap`` engine (``method``) materialises every per-sample gradient. The activations are measured by a
     forward pass of one (C, H, W) = ``input_shape`` input on the ``meta`` device, which computes
     shapes only. On the CPU a pass holds at most 96 points (4 images of 21): per point, larger
-    passes were no faster there (ResNet20: 84 points per pass 4–7 % faster than 168 on a 2-core
-    CPU; ResNet20-4 about as fast at 84 as at 21), and they hold more memory. A GPU wants large
+    passes were no faster there (docs/benchmarks.md), and they hold more memory. A GPU wants large
     passes.
     """
     parameter = next(model.parameters())

@@ -128,7 +128,7 @@ rule score_shard:
     resources:
         gpu=1,
         mem_mb=16000,
-        # The original took 46-83 s per policy on a shared GPU; allow 2 min per policy.
+        # Two minutes per policy, more than the original needed on a shared GPU (docs/original-code.md §10.4).
         runtime=max(30, 2 * SEARCH["shard_size"]),
     script:
         "../scripts/score_shard.py"
