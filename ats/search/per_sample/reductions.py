@@ -20,8 +20,8 @@ def materialised_stats(per_sample: Tensor, points: int) -> tuple[Tensor, Tensor]
     """Dot products with the reference and squared norms of per-sample gradients (M, ...).
 
     Fused reductions that read each gradient once per statistic (``vector_norm``, and ``vecdot``
-    with the image's reference broadcast): 3–4× faster on a 2-core CPU than each image's
-    points × points Gram matrix product, with pairwise summation (~1e-6 relative error, where a
+    with the image's reference broadcast): faster than each image's points × points Gram matrix
+    product (docs/benchmarks.md), with pairwise summation (~1e-6 relative error, where a
     float32 matrix product over the ~10⁵ entries of a large layer loses ~1e-5).
     """
     rows = per_sample.reshape(-1, points, per_sample[0].numel())
@@ -85,8 +85,8 @@ def conv_columns(conv: nn.Conv2d, layer_input: Tensor) -> Tensor:
     """The (M, T, C·kh·kw) receptive fields of every output position (im2col), columns in (kh, kw, C) order.
 
     Built from strided views of the padded input, made channels-last so that the final copy reads
-    contiguous runs: on CPU ``F.unfold`` is up to 10× slower for some shapes. The column order is
-    irrelevant here, since only inner products are used.
+    contiguous runs: on CPU ``F.unfold`` is much slower for some shapes (docs/benchmarks.md). The
+    column order is irrelevant here, since only inner products are used.
     """
     (pad_h, pad_w), (kernel_h, kernel_w) = conv.padding, conv.kernel_size
     (stride_h, stride_w), (dilation_h, dilation_w) = conv.stride, conv.dilation
@@ -111,13 +111,13 @@ def conv_per_sample_gradients(conv: nn.Conv2d, layer_input: Tensor, output_grad:
     out_channels, in_channels, kernel_h, kernel_w = conv.weight.shape
     if in_channels < MIN_GROUPED_CHANNELS:
         # A first layer: its columns are small, and grouped kernels with so few channels per group
-        # fall back to a scalar implementation (40× slower on CPU).
+        # fall back to a slow scalar implementation on CPU.
         per_sample = torch.bmm(output_grad.flatten(2), conv_columns(conv, layer_input))
         return (per_sample, conv.weight.permute(0, 2, 3, 1).reshape(out_channels, -1),
                 output_grad.sum(dim=(2, 3)))
     # Samples as groups: one grouped weight-gradient convolution gives every sample's gradient, and
-    # its bias gradient sums the output gradient while reading it (0.5–0.9 ms less per ResNet20
-    # conv on a 2-core CPU than a separate sum). The weight only lends its shape.
+    # its bias gradient sums the output gradient while reading it, which is cheaper than a
+    # separate sum. The weight only lends its shape.
     grouped_shape = (samples * out_channels, in_channels, kernel_h, kernel_w)
     _, per_sample, grad_sums = torch.ops.aten.convolution_backward(
         output_grad.reshape(1, samples * out_channels, *output_grad.shape[2:]),
