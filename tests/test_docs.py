@@ -67,7 +67,7 @@ _REFERENCE = re.compile(rf"(?:(?P<document>[\w./-]+\.md)\s+)?(?P<numbers>{SECTIO
                         rf"(?:(?:\s*,\s*|\s+and\s+){SECTION}{_NUMBER})*)")
 _HEADING = re.compile(rf"^#+\s+(?P<number>{_NUMBER})\.?\s", re.MULTILINE)
 _SCANNED = ("ats", "workflow", "docs", "tests", "benchmarks", "config", "profiles")
-_TEXT_SUFFIXES = {".py", ".smk", ".md", ".yaml", ".yml", ".txt"}
+_TEXT_SUFFIXES = {".py", ".smk", ".md", ".rst", ".yaml", ".yml", ".txt"}
 
 
 def _scanned_files():
