@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.text import Text
 
 from ats.report import figures
 from ats.report.summary import SUMMARY_COLUMNS, correlations, read_summary, summary_rows, write_summary
@@ -319,27 +320,139 @@ def test_privacy_utility_reads_a_written_summary(tmp_path: Path):
     assert "crop" in svg_text(tmp_path / "figure" / "privacy_utility.svg")
 
 
+def spri_point(defence: str, s_pri: float, psnr: float, *, attack: str = "inversed", stage: str = "final",
+               source: str = "search") -> dict:
+    """One entry of ``loaders.spri_psnr_points``."""
+    return {"defence": defence, "attack": attack, "stage": stage, "s_pri": s_pri, "s_pri_from": source,
+            "psnr_mean": psnr, "psnr_ci_low": psnr - 1, "psnr_ci_high": psnr + 1, "psnr_chance": 9.0}
+
+
 def test_spri_vs_psnr_reports_correlations_and_their_number_of_points(tmp_path: Path):
     path = tmp_path / "spri_vs_psnr.svg"
-    figures.plot_spri_vs_psnr(path, [("3-1-7", 0.2, 10.0), ("43-18-18", 0.3, 12.0), ("", 0.8, 22.0),
-                                     ("pinned", float("nan"), 15.0)])
+    figures.plot_spri_vs_psnr(path, [spri_point("3-1-7", 0.2, 10.0), spri_point("43-18-18", 0.3, 12.0),
+                                     spri_point("none", 0.8, 22.0), spri_point("pinned", float("nan"), 15.0, source="")])
     text = svg_text(path)
-    for expected in ("Pearson r = 1.00", "Spearman ρ = 1.00", "(n = 3)", "no transform", "least-squares line",
-                     "not shown (no S_pri or no finite PSNR): pinned"):
+    for expected in ("Pearson r = 1.00", "Spearman ρ = 1.00", "(n = 3)", "none (no transform)", "least-squares line",
+                     "not shown (no S_pri or no finite PSNR): pinned", "chance level"):
         assert expected in text
+
+
+def test_spri_vs_psnr_has_a_panel_per_attack_and_stage_with_hybrid_and_crop(tmp_path: Path):
+    points = [spri_point(defence, s_pri, psnr + offset, attack=attack, stage=stage, source=source)
+              for stage, offset in (("init", 5.0), ("final", 0.0)) for attack in ("inversed", "gs")
+              for defence, s_pri, psnr, source in (("none", 0.8, 22.0, "search"), ("3-1-7", 0.2, 10.0, "search"),
+                                                   ("43-18-18", 0.3, 12.0, "search"),
+                                                   ("3-1-7+43-18-18", 0.25, 11.0, "sub-policies"),
+                                                   ("crop", float("nan"), 16.0, ""))]
+    path = tmp_path / "spri_vs_psnr.svg"
+    figures.plot_spri_vs_psnr(path, points)
+    text = svg_text(path)
+    for attack in ("inversed", "gs"):
+        for stage in ("init", "final"):
+            assert f"Does S_pri predict {attack} at stage {stage}?" in text
+    assert text.count("(n = 4)") == 4, "none, both policies and the hybrid in every panel"
+    assert text.count("3-1-7+43-18-18") == 4 and "S_pri: mean of its sub-policies' scores" in text
+    assert "crop (no S_pri: drawn at its PSNR)" in text and "not shown" not in text
+
+
+def test_spri_psnr_points_place_the_hybrid_by_its_sub_policies_and_crop_without_s_pri(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from ats.report import loaders
+
+    ranking = [{"policy": "", "s_pri_mean": "0.8"}, {"policy": "3-1-7", "s_pri_mean": "0.2"},
+               {"policy": "43-18-18", "s_pri_mean": "0.4"}]
+    monkeypatch.setattr(loaders, "read_verified_tsv", lambda path, expected_fingerprint: ranking)
+    summary = [{"defence": defence, "attack": attack, "stage": "final", "psnr_mean": 10.0, "psnr_ci_low": 9.0,
+                "psnr_ci_high": 11.0, "psnr_chance": 8.0}
+               for attack in ("inversed", "gs")
+               for defence in ("none", "crop", "3-1-7", "3-1-7+43-18-18", "3-1-7+1-2-3", "prune-70")]
+    points = loaders.spri_psnr_points(summary, tmp_path / "ranking.tsv", ranking_fingerprint="f")
+    assert len(points) == 10, "every policy defence, none and crop, for both attacks; no gradient defence"
+    by_defence = {point["defence"]: point for point in points if point["attack"] == "gs"}
+    assert (by_defence["none"]["s_pri"], by_defence["none"]["s_pri_from"]) == (0.8, "search")
+    assert by_defence["3-1-7+43-18-18"]["s_pri"] == pytest.approx(0.3)
+    assert by_defence["3-1-7+43-18-18"]["s_pri_from"] == "sub-policies"
+    assert math.isnan(by_defence["crop"]["s_pri"]) and math.isnan(by_defence["3-1-7+1-2-3"]["s_pri"])
 
 
 def test_spri_vs_psnr_is_honest_about_too_few_points_and_a_skipped_search(tmp_path: Path):
     one = tmp_path / "one" / "spri_vs_psnr.svg"
-    figures.plot_spri_vs_psnr(one, [("3-1-7", 0.2, 10.0)])
+    figures.plot_spri_vs_psnr(one, [spri_point("3-1-7", 0.2, 10.0)])
     text = svg_text(one)
     assert "Pearson r = n/a" in text and "(n = 1)" in text and "at least 3 points are needed" in text
     skipped = tmp_path / "skipped" / "spri_vs_psnr.svg"
     figures.plot_spri_vs_psnr(skipped, [], note="The search was skipped: policies were pinned.")
     assert "The search was skipped" in svg_text(skipped)
     constant = tmp_path / "constant" / "spri_vs_psnr.svg"
-    figures.plot_spri_vs_psnr(constant, [("a", 0.2, 10.0), ("b", 0.2, 11.0), ("c", 0.2, 12.0)])
+    figures.plot_spri_vs_psnr(constant, [spri_point("a", 0.2, 10.0), spri_point("b", 0.2, 11.0),
+                                         spri_point("c", 0.2, 12.0)])
     assert "all S_pri or all PSNR values are equal" in svg_text(constant)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: rendered boxes of labels, notes and axis labels
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures the plot functions save, kept for measuring their rendered boxes."""
+    kept = []
+    save = figures._save
+
+    def keep(figure, path):
+        save(figure, path)
+        kept.append(figure)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return kept
+
+
+def text_boxes(figure, texts) -> list:
+    """The rendered boxes of ``texts``, without the leader lines that an annotation's own box includes."""
+    figure.canvas.draw()  # at the figure's own dpi, which saving to a file changes while it lasts
+    renderer = figure.canvas.get_renderer()
+    return [Text.get_window_extent(text, renderer) for text in texts if text.get_text()]
+
+
+def assert_apart(boxes: list) -> None:
+    for first in range(len(boxes)):
+        for second in range(first + 1, len(boxes)):
+            assert not boxes[first].overlaps(boxes[second]), f"boxes {first} and {second} overlap"
+
+
+def test_point_labels_do_not_overlap_when_many_points_are_close(tmp_path: Path, drawn_figures: list):
+    rows = [{"defence": f"defence-{index}", "attack": attack, "stage": "final", "accuracy": 0.80 + 0.0005 * index,
+             "psnr_mean": 12.0 + 0.02 * index + (attack == "gs"), "psnr_chance": 9.0}
+            for index in range(30) for attack in ("ig", "gs")]
+    figures.plot_privacy_utility(tmp_path / "privacy_utility.svg", rows)
+    points = [spri_point(f"{index}-1-7", 0.3 + 0.002 * index, 12.0 + 0.01 * index) for index in range(25)]
+    figures.plot_spri_vs_psnr(tmp_path / "spri_vs_psnr.svg", points)
+    ranking_rows = ranking(40)
+    figures.plot_spri_vs_sacc(tmp_path / "spri_vs_sacc.svg", ranking_rows, [row["policy"] for row in ranking_rows[1:6]],
+                              hybrid=None, threshold=-85.0)
+    for figure, count in zip(drawn_figures, (30, 25, 5)):
+        ax = figure.axes[0]
+        boxes = text_boxes(figure, ax.texts)
+        assert len(boxes) >= count
+        assert_apart(boxes)
+        for label, box in zip(ax.texts, boxes):
+            if hasattr(label, "xy"):
+                assert not box.contains(*ax.transData.transform(label.xy)), "a label covers its own point"
+
+
+def test_the_note_box_keeps_off_the_axis_labels(tmp_path: Path, drawn_figures: list):
+    uncertainty = ["The top-ranked policies' S_pri intervals overlap, so the search cannot tell them apart; " * 3]
+    rows = ranking(40)
+    figures.plot_spri_vs_sacc(tmp_path / "spri_vs_sacc.svg", rows, [rows[1]["policy"]], hybrid="1-0-7+0-0-7",
+                              threshold=-85.0, uncertainty=uncertainty)
+    figure = drawn_figures[0]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    note = next(text for text in figure.texts if text.get_text().startswith("Note:"))
+    note_box = note.get_bbox_patch().get_window_extent(renderer)
+    ax = figure.axes[0]
+    for label in (ax.xaxis.label, *ax.get_xticklabels()):
+        assert not note_box.overlaps(label.get_window_extent(renderer)), label.get_text()
 
 
 # ---------------------------------------------------------------------------------------------

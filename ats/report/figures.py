@@ -30,9 +30,11 @@ import matplotlib
 import numpy as np
 from matplotlib import cycler
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox, offset_copy
 
-from ats.report.summary import correlations
+from ats.report.summary import MIN_CORRELATION_POINTS, correlations
 from ats.runtime.atomic import atomic_path
 
 P = ParamSpec("P")
@@ -48,6 +50,12 @@ NOTE_COLOURS = {"facecolor": "#FFF4D6", "edgecolor": "#E69F00"}
 LINE_STYLES: tuple[str, ...] = ("-", "--", ":", "-.")
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
 
+SPRI_SOURCE_STYLES: dict[str, dict[str, str]] = {
+    "search": {"marker": "o", "colour": SERIES_COLOURS[0], "label": "policy scored by the search"},
+    "none": {"marker": "*", "colour": "#000000", "label": "none (the empty policy)"},
+    "sub-policies": {"marker": "D", "colour": "#D55E00", "label": "S_pri: mean of its sub-policies' scores"},
+}
+"""How the S_pri-PSNR figure draws a point, by where its S_pri comes from (``none``: the empty policy)."""
 NO_TRANSFORM_LABEL = "no transform"
 """How the empty policy ``""`` (the no-transform reference) is labelled in every figure."""
 
@@ -57,6 +65,16 @@ MAX_POINTS_FOR_JITTER = 50
 """Box plots also show every value as a jittered dot up to this many values per box."""
 MOSAIC_GAP_PIXELS = 2
 """White pixels between the tiles of a reconstruction-grid row."""
+FOOTNOTE_GAP_POINTS = 8.0
+"""Room between the figure's lower edge (where the x-axis label ends) and the top of the note text."""
+LABEL_RADII_POINTS: tuple[float, ...] = tuple(range(6, 121, 6))
+"""Distances from its point at which a point label is tried, nearest first."""
+MARKER_CLEARANCE_POINTS = 4.0
+"""Half the side of the square around each point that no label may cover."""
+LABEL_DIRECTIONS: tuple[tuple[float, float], ...] = (
+    (1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0), (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
+"""Directions in which a point label is tried at each distance: the diagonals first, which keep the
+label off the point's error bar."""
 
 STYLE: dict[str, Any] = {
     "svg.fonttype": "none",  # text stays <text>: searchable in the report, smaller files
@@ -95,7 +113,10 @@ def _styled(function: Callable[P, None]) -> Callable[P, None]:
 
 
 def _figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
+    """A constrained-layout figure on an Agg canvas, whose renderer measures text for label placement."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _save(figure: Figure, path: PathLike) -> None:
@@ -124,7 +145,10 @@ def _add_footnote(figure: Figure, notes: Sequence[str]) -> None:
     if not notes:
         return
     text = "\n".join(textwrap.fill(f"Note: {note}", 110) for note in notes)
-    figure.text(0.0, 0.0, text, ha="left", va="top", fontsize=8,
+    # The box's padding reaches above its text; starting the text FOOTNOTE_GAP_POINTS below the
+    # figure's edge keeps the box off the x-axis label, which constrained layout puts at that edge.
+    below_edge = offset_copy(figure.transFigure, fig=figure, y=-FOOTNOTE_GAP_POINTS, units="points")
+    figure.text(0.0, 0.0, text, ha="left", va="top", fontsize=8, transform=below_edge,
                 bbox={"boxstyle": "round,pad=0.4", **NOTE_COLOURS})
 
 
@@ -179,6 +203,66 @@ def _not_shown_note(what: str, names: Sequence[str]) -> list[str]:
         return []
     listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return [f"not shown ({what}): {listed}."]
+
+
+def _freeze_layout(figure: Figure) -> None:
+    """Run the constrained layout once and keep it, so that what is measured in display space now
+    (for :func:`_place_labels`) is where the artists end up in the file."""
+    figure.draw_without_rendering()
+    figure.set_layout_engine("none")
+
+
+def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
+                  obstacles: Sequence[tuple[float, float]] = (), **text_style: Any) -> None:
+    """Write each ``(text, x, y)`` label near its point so that no two labels overlap and no label
+    covers a point of ``labels`` or ``obstacles`` (data coordinates).
+
+    A deterministic greedy search: each label in turn takes the first free position, nearest
+    first (:data:`LABEL_RADII_POINTS`, then :data:`LABEL_DIRECTIONS`), that lies inside the axes;
+    if no position inside is free, the nearest free one outside. A label that had to move further
+    than the second distance gets a thin leader line to its point. Positions are measured in
+    display space, so the figure's layout must be frozen first (:func:`_freeze_layout`).
+    """
+    figure = ax.get_figure(root=True)
+    renderer = figure.canvas.get_renderer()
+    pixels_per_point = figure.dpi / 72.0
+    clearance, margin = MARKER_CLEARANCE_POINTS * pixels_per_point, 1.5 * pixels_per_point
+    anchors = [ax.transData.transform((x, y)) for _, x, y in labels]
+    blocked = [Bbox.from_bounds(px - clearance, py - clearance, 2 * clearance, 2 * clearance)
+               for px, py in [*anchors, *(ax.transData.transform(point) for point in obstacles)]
+               if math.isfinite(px) and math.isfinite(py)]
+    axes_box = ax.get_window_extent(renderer)
+    placed: list[Bbox] = []
+    for (text, x, y), (px, py) in zip(labels, anchors):
+        probe = ax.text(0.0, 0.0, text, **text_style)
+        size = probe.get_window_extent(renderer)
+        probe.remove()
+        width, height = size.width + 2 * margin, size.height + 2 * margin
+        inside, outside = None, None
+        for radius in LABEL_RADII_POINTS:
+            for dx, dy in LABEL_DIRECTIONS:
+                left = px + dx * radius * pixels_per_point - width * (1 - dx) / 2
+                bottom = py + dy * radius * pixels_per_point - height * (1 - dy) / 2
+                box = Bbox.from_bounds(left, bottom, width, height)
+                if any(box.overlaps(other) for other in (*placed, *blocked)):
+                    continue
+                candidate = (box, radius, dx, dy)
+                if axes_box.containsx(box.x0) and axes_box.containsx(box.x1) and \
+                        axes_box.containsy(box.y0) and axes_box.containsy(box.y1):
+                    inside = candidate
+                    break
+                outside = outside or candidate
+            if inside:
+                break
+        box, radius, dx, dy = inside or outside or (Bbox.from_bounds(px, py, width, height), LABEL_RADII_POINTS[-1], 1.0, 1.0)
+        placed.append(box)
+        leader = ({"arrowstyle": "-", "color": text_style.get("color", MUTED_COLOUR), "linewidth": 0.5,
+                   "shrinkA": 0, "shrinkB": clearance / pixels_per_point}
+                  if radius > LABEL_RADII_POINTS[1] else None)
+        ax.annotate(text, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points",
+                    ha={1.0: "left", 0.0: "center", -1.0: "right"}[dx],
+                    va={1.0: "bottom", 0.0: "center", -1.0: "top"}[dy],
+                    arrowprops=leader, in_layout=False, **text_style)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,14 +343,11 @@ def plot_spri_vs_sacc(
     if shown_hybrid:
         ax.scatter([s_pri[hybrid]], [s_acc[hybrid]], s=size * 3 + 60, marker="D", color=HIGHLIGHT_COLOUR,
                    zorder=5, label="hybrid of the chosen")
-    labelled = shown_picks + shown_hybrid
-    for index, policy in enumerate(labelled):
+    labels = []
+    for policy in shown_picks + shown_hybrid:
         rank = by_policy[policy].get("rank", "")
         text = f"#{rank} {_policy_label(policy)}" if str(rank).strip() else _policy_label(policy)
-        ax.annotate(text, (s_pri[policy], s_acc[policy]),
-                    xytext=(14, 14 * (index - (len(labelled) - 1) / 2)), textcoords="offset points",
-                    fontsize=8, color=HIGHLIGHT_COLOUR, va="center",
-                    arrowprops={"arrowstyle": "-", "color": HIGHLIGHT_COLOUR, "linewidth": 0.6})
+        labels.append((text, s_pri[policy], s_acc[policy]))
 
     ax.set_xlabel("S_pri, mean over evaluation images with its interval (lower is more private)")
     ax.set_ylabel("S_acc, mean over windows (higher predicts better accuracy)")
@@ -280,6 +361,9 @@ def plot_spri_vs_sacc(
     if unplaceable:
         notes.append(f"{unplaceable} candidate(s) with non-finite scores (status 'nonfinite') are not shown.")
     _add_footnote(figure, [*uncertainty, *notes])
+    _freeze_layout(figure)
+    _place_labels(ax, labels, obstacles=[(s_pri[""], s_acc[""])] if reference else [], fontsize=8,
+                  color=HIGHLIGHT_COLOUR)
     _save(figure, path)
 
 
@@ -610,7 +694,6 @@ def plot_privacy_utility(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> N
             if np.isfinite(chance).any():
                 ax.scatter(x, chance, marker="_", s=200, color=REFERENCE_COLOUR, linewidths=2, zorder=4,
                            label="chance level" if stage == stages[0] and index == 0 else None)
-        _label_points(ax, in_stage)
         ax.set_xlabel("test accuracy of the trained model (%)")
         ax.margins(0.15)
     axes[0].set_ylabel("mean PSNR of the attack (dB; lower is more private)")
@@ -619,6 +702,9 @@ def plot_privacy_utility(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> N
     figure.legend(loc="outside right upper")
     _add_footnote(figure, _not_shown_note(
         "no finite accuracy or PSNR", [f"{row['defence']} / {row['attack']}" for row in rows if not _has_position(row)]))
+    _freeze_layout(figure)
+    for ax, stage in zip(axes, stages):
+        _label_defences(ax, [row for row in placeable if str(row.get("stage", "final")) == stage])
     _save(figure, path)
 
 
@@ -631,18 +717,15 @@ def _interval_bars(rows: Sequence[Mapping[str, Any]], column: str, interval: str
     return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0.0)
 
 
-def _label_points(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Label each defence once, at its highest point, alternately above and below it (in order of
-    accuracy), so that the labels of neighbouring points do not run into each other."""
+def _label_defences(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Label each defence once, at its highest point, clear of every other label and point."""
+    points = [(100.0 * _as_float(row["accuracy"]), _as_float(row["psnr_mean"])) for row in rows]
     highest: dict[str, tuple[float, float]] = {}
-    for row in rows:
-        x_value, y_value = 100.0 * _as_float(row["accuracy"]), _as_float(row["psnr_mean"])
-        if str(row["defence"]) not in highest or y_value > highest[str(row["defence"])][1]:
-            highest[str(row["defence"])] = (x_value, y_value)
-    for number, (defence, point) in enumerate(sorted(highest.items(), key=lambda item: item[1])):
-        ax.annotate(defence, point, xytext=(6, 8 if number % 2 == 0 else -14),
-                    textcoords="offset points", ha="left", fontsize=8,
-                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
+    for row, point in zip(rows, points):
+        if str(row["defence"]) not in highest or point[1] > highest[str(row["defence"])][1]:
+            highest[str(row["defence"])] = point
+    _place_labels(ax, [(defence, x, y) for defence, (x, y) in highest.items()], obstacles=points, fontsize=8,
+                  bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
 
 
 @_styled
@@ -702,60 +785,91 @@ def _has_position(row: Mapping[str, Any]) -> bool:
 
 
 @_styled
-def plot_spri_vs_psnr(
-    path: PathLike,
-    points: Sequence[tuple[str, float, float]],
-    note: str | None = None,
-    chance: float | None = None,
-) -> None:
+def plot_spri_vs_psnr(path: PathLike, points: Sequence[Mapping[str, Any]], note: str | None = None) -> None:
     """Does S_pri predict privacy? S_pri from the search (x) against the mean attack PSNR (y).
 
-    ``points`` are ``(policy, s_pri, psnr_mean)`` for the trained policies. The title always gives
-    Pearson r, Spearman ρ and the number of finite points n, NaN shown as ``n/a``, so a small or
-    degenerate run is visibly inconclusive instead of looking like evidence. A least-squares line
-    is drawn only when the correlation is defined. ``note`` (for example "the search was skipped:
-    policies were pinned") is shown in the plot when nothing can be drawn, else as a footnote.
-    ``chance``, the mean chance level of the plotted defences' targets, is drawn as a black
-    dotted line: points near it are attacks that failed, whose PSNR says nothing about S_pri.
+    ``points`` are the entries of :func:`ats.report.loaders.spri_psnr_points`: one per policy
+    defence, ``none`` and ``crop`` and per attack and stage. Each attack and stage gets its own
+    panel (rows: stages, columns: attacks), whose title gives Pearson r, Spearman ρ and the number
+    of points n, NaN shown as ``n/a``, so a small or degenerate run is visibly inconclusive instead
+    of looking like evidence; a least-squares line is drawn only when r is defined. Policies scored
+    by the search are blue circles, ``none`` (the empty policy) a black star, and policies whose
+    S_pri is the mean of their sub-policies' scores (the hybrid) vermilion diamonds; all carry the
+    PSNR's 95 % interval. ``crop`` has no S_pri, so its PSNR is a dashed horizontal line, and the
+    mean chance level of the panel's defences a dotted one: points near it are attacks that failed,
+    whose PSNR says nothing about S_pri. ``note`` (for example "the search was skipped") is shown
+    in the plot when nothing can be drawn, else as a footnote.
     """
-    figure = _figure(7.0, 5.0)
-    ax = figure.add_subplot()
-    policies = [str(policy) for policy, _, _ in points]
-    s_pri = np.array([_as_float(value) for _, value, _ in points], dtype=np.float64)
-    psnr = np.array([_as_float(value) for _, _, value in points], dtype=np.float64)
-    statistics = correlations(s_pri, psnr)
-    ax.set_title("Does S_pri predict the attack?\n"
-                 f"Pearson r = {_format_number(statistics['pearson'], 2)}, "
-                 f"Spearman ρ = {_format_number(statistics['spearman'], 2)} (n = {statistics['n']})")
-    finite = np.isfinite(s_pri) & np.isfinite(psnr)
-    notes = [note] if note else []
-    if not finite.any():
-        _show_empty(ax, note or "No trained policy has both an S_pri from the search and a finite attack PSNR.")
+    stages = list(dict.fromkeys(str(point["stage"]) for point in points)) or ["final"]
+    attacks = list(dict.fromkeys(str(point["attack"]) for point in points)) or [""]
+    figure = _figure(max(4.4 * len(attacks), 7.0), 3.6 * len(stages) + 1.4)
+    axes = figure.subplots(len(stages), len(attacks), squeeze=False)
+    plotted = [point for point in points
+               if math.isfinite(_as_float(point["s_pri"])) and math.isfinite(_as_float(point["psnr_mean"]))]
+    plotted_ids = {id(point) for point in plotted}
+    if not plotted:
+        _show_empty(axes[0][0], note or "No trained policy has both an S_pri from the search and a finite attack PSNR.")
+        for ax in axes.ravel()[1:]:
+            ax.set_axis_off()
         _save(figure, path)
         return
-    ax.scatter(s_pri[finite], psnr[finite], s=40, color=SERIES_COLOURS[0], zorder=3)
-    if chance is not None and math.isfinite(chance):
-        ax.axhline(chance, color=REFERENCE_COLOUR, linestyle=":", linewidth=1.2,
-                   label=f"chance level ({chance:.1f} dB, mean over these defences)")
-    for policy, x_value, y_value in zip(np.array(policies)[finite], s_pri[finite], psnr[finite]):
-        ax.annotate(_policy_label(str(policy)), (x_value, y_value), xytext=(5, 4), textcoords="offset points",
-                    fontsize=8)
-    if math.isfinite(statistics["pearson"]):
-        slope, intercept = np.polyfit(s_pri[finite], psnr[finite], 1)
-        line_x = np.array([s_pri[finite].min(), s_pri[finite].max()])
-        ax.plot(line_x, slope * line_x + intercept, color=MUTED_COLOUR, linestyle="--", linewidth=1,
-                label="least-squares line")
-    elif statistics["n"] < 3:
-        notes.append(f"at least 3 points are needed for a correlation; this run has {statistics['n']}.")
-    else:
-        notes.append("the correlation is undefined because all S_pri or all PSNR values are equal.")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best")
-    notes += _not_shown_note("no S_pri or no finite PSNR", [_policy_label(p) for p, ok in zip(policies, finite) if not ok])
-    ax.set_xlabel("S_pri from the search (lower is more private)")
-    ax.set_ylabel("mean PSNR of the attack on the trained model (dB)")
-    ax.margins(0.15)
+    notes = [note] if note else []
+    if any(point["s_pri_from"] == "sub-policies" for point in plotted):
+        notes.append("diamonds are policies the search did not score (such as the hybrid); their S_pri is the "
+                     "mean of their sub-policies' scores, since each image gets one sub-policy, drawn uniformly.")
+    labels: dict[int, list[tuple[str, float, float]]] = {}
+    for ax, (stage, attack) in zip(axes.ravel(), [(stage, attack) for stage in stages for attack in attacks]):
+        panel = [point for point in points if point["stage"] == stage and point["attack"] == attack]
+        shown = [point for point in panel if id(point) in plotted_ids]
+        s_pri = np.array([_as_float(point["s_pri"]) for point in shown])
+        psnr = np.array([_as_float(point["psnr_mean"]) for point in shown])
+        statistics = correlations(s_pri, psnr)
+        ax.set_title(f"Does S_pri predict {attack} at stage {stage}?\nPearson r = {_format_number(statistics['pearson'], 2)}, "
+                     f"Spearman ρ = {_format_number(statistics['spearman'], 2)} (n = {statistics['n']})")
+        if not shown:
+            _show_empty(ax, "No policy has both an S_pri and a finite PSNR here.")
+            continue
+        for kind, style in SPRI_SOURCE_STYLES.items():
+            group = [point for point in shown if ("none" if point["defence"] == "none" else point["s_pri_from"]) == kind]
+            if group:
+                ax.errorbar([_as_float(point["s_pri"]) for point in group],
+                            [_as_float(point["psnr_mean"]) for point in group],
+                            yerr=_interval_bars(group, "psnr_mean", "psnr"), fmt=style["marker"],
+                            color=style["colour"], markersize=6, capsize=3, elinewidth=1, zorder=3,
+                            label=style["label"] if ax is axes.ravel()[0] else None)
+        for point in panel:
+            if point["defence"] == "crop" and math.isfinite(_as_float(point["psnr_mean"])):
+                ax.axhline(_as_float(point["psnr_mean"]), color=SERIES_COLOURS[2], linestyle="--", linewidth=1.2,
+                           label="crop (no S_pri: drawn at its PSNR)"
+                           if ax is axes.ravel()[0] else None)
+        chance = _finite_values([point["psnr_chance"] for point in shown])
+        if chance.size:
+            ax.axhline(float(chance.mean()), color=REFERENCE_COLOUR, linestyle=":", linewidth=1.2,
+                       label="chance level (mean over the panel's policies)" if ax is axes.ravel()[0] else None)
+        if math.isfinite(statistics["pearson"]):
+            slope, intercept = np.polyfit(s_pri, psnr, 1)
+            line_x = np.array([s_pri.min(), s_pri.max()])
+            ax.plot(line_x, slope * line_x + intercept, color=MUTED_COLOUR, linestyle="--", linewidth=1,
+                    label="least-squares line" if ax is axes.ravel()[0] else None)
+        elif statistics["n"] < MIN_CORRELATION_POINTS:
+            notes.append(f"{attack} at stage {stage}: at least {MIN_CORRELATION_POINTS} points are needed for a "
+                         f"correlation; there are {statistics['n']}.")
+        else:
+            notes.append(f"{attack} at stage {stage}: the correlation is undefined because all S_pri or all PSNR "
+                         "values are equal.")
+        labels[id(ax)] = [("none (no transform)" if point["defence"] == "none" else str(point["defence"]),
+                           _as_float(point["s_pri"]), _as_float(point["psnr_mean"])) for point in shown]
+        ax.set_xlabel("S_pri from the search (lower is more private)")
+        ax.set_ylabel("mean PSNR of the attack (dB)")
+        ax.margins(0.15)
+    notes += _not_shown_note("no S_pri or no finite PSNR", list(dict.fromkeys(
+        str(point["defence"]) for point in points if id(point) not in plotted_ids and point["defence"] != "crop")))
+    if any(ax.get_legend_handles_labels()[0] for ax in axes.ravel()):
+        figure.legend(loc="outside upper center", ncols=3)
     _add_footnote(figure, notes)
+    _freeze_layout(figure)
+    for ax in axes.ravel():
+        _place_labels(ax, labels.get(id(ax), []), fontsize=8)
     _save(figure, path)
 
 
