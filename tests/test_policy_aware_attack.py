@@ -73,12 +73,17 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
 def test_inversed_aware_is_inversed_plus_the_draw() -> None:
     aware = get_attack("inversed-aware")
     assert aware.policy_aware and aware.draw_lr == 0.01
-    assert dataclasses.replace(aware, name="inversed", policy_aware=False, draw_lr=0.0) == ATTACKS["inversed"]
+    assert (aware.hypothesis_warmup, aware.hypotheses_kept, aware.warmup_iterations) == (0.1, 1, 480)
+    assert dataclasses.replace(aware, name="inversed", policy_aware=False, draw_lr=0.0, hypothesis_warmup=0.0,
+                               hypotheses_kept=1) == ATTACKS["inversed"]
     assert "inversed-aware" not in ATTACKS and set(POLICY_AWARE_ATTACKS) == {"inversed-aware"}
     assert get_attack("inversed-aware", 200).lr_milestones == (74, 124, 175)
     assert aware.draw_learning_rate(0) == 0.01 and aware.draw_learning_rate(4203) == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="policy-aware"):
         dataclasses.replace(ATTACKS["zhu"], policy_aware=True, draw_lr=0.01)
+    for warmup, kept in ((1.0, 1), (-0.1, 1), (0.1, 0)):
+        with pytest.raises(ValueError, match="hypothesis_warmup"):
+            dataclasses.replace(aware, hypothesis_warmup=warmup, hypotheses_kept=kept)
 
 
 def test_a_translated_image_is_recovered_with_its_shift() -> None:
@@ -169,3 +174,37 @@ def test_a_diverging_policy_aware_attack_is_flagged_without_disturbing_the_other
     assert torch.isfinite(result.images).all() and torch.isfinite(result.draw.signs).all()
     assert result.draw.signs[1].tolist() == [1.0] and result.draw.crop_offsets[1].tolist() == [4.0, 4.0], \
         "never finite: the first hypothesis' starting draw"
+
+
+def test_pruning_keeps_the_hypothesis_of_lowest_warm_up_cost() -> None:
+    """Without decay the first W steps of any budget agree, so a W-step attack tells which hypothesis
+    leads after the warm-up: the pruned attack must go on with that one, from the same state."""
+    policy = parse_policy("7-1+9")  # 4 + 1 hypotheses
+    draw = AugmentationDraw(torch.tensor([[4, 4]] * 3), torch.zeros(3, dtype=torch.bool), torch.tensor([0, 0, 1]),
+                            torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]]))
+    model, _, _, labels, observed = shared_case(policy, draw)
+    steady = dataclasses.replace(get_attack("inversed-aware"), lr_decay=False, hypothesis_warmup=0.0)
+    arguments = dict(policy=policy, augmentation_mode="policy")
+    warm_up = reconstruct(model, observed, labels, steady, (3, 32, 32), MEAN, STD, generators(3), 4, **arguments)
+    pruned_config = dataclasses.replace(steady, hypothesis_warmup=0.25, hypotheses_kept=1)
+    pruned = reconstruct(model, observed, labels, pruned_config, (3, 32, 32), MEAN, STD, generators(3), 16, **arguments)
+    assert pruned_config.with_iterations(16).warmup_iterations == 4
+    assert torch.equal(pruned.draw.subpolicy, warm_up.draw.subpolicy)
+    assert torch.equal(pruned.draw.signs.sign(), warm_up.draw.signs.sign()), "signs move < 0.16 from their start"
+    assert torch.equal(pruned.cost_history[:, :4], warm_up.cost_history)
+    assert torch.equal(pruned.images, reconstruct(model, observed, labels, pruned_config, (3, 32, 32), MEAN, STD,
+                                                  generators(3), 16, **arguments).images), "deterministic"
+
+
+def test_keeping_every_hypothesis_is_the_unpruned_attack() -> None:
+    policy = parse_policy("3-1-7")  # 8 hypotheses, all kept after the warm-up: the optimiser state carries over
+    model, _, _, labels, observed = shared_case(policy, fixed_draw([[1.0, -1.0, 1.0], [-1.0, -1.0, 1.0]]))
+    arguments = dict(policy=policy, augmentation_mode="policy")
+    config = get_attack("inversed-aware")
+    results = [reconstruct(model, observed, labels, dataclasses.replace(config, hypothesis_warmup=warmup,
+                                                                        hypotheses_kept=8),
+                           (3, 32, 32), MEAN, STD, generators(2), 12, **arguments) for warmup in (0.0, 0.3)]
+    for field in ("images", "final_cost", "cost_history", "diverged"):
+        assert torch.equal(getattr(results[0], field), getattr(results[1], field)), field
+    for field in ("crop_offsets", "subpolicy", "signs"):
+        assert torch.equal(getattr(results[0].draw, field), getattr(results[1].draw, field)), field

@@ -15,6 +15,7 @@ Bugs of the original that these configs do *not* reproduce (see ``docs/attacks.m
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +45,11 @@ class AttackConfig:
     ``draw_lr``: the draw's learning rate, in units of each learned quantity's half-range (the crop
     offset's, and 1 for a relaxed sign) per step, decayed at the same milestones as ``lr``; used by
     policy-aware configs only.
+
+    ``hypothesis_warmup`` and ``hypotheses_kept`` prune a policy-aware attack's discrete hypotheses
+    of the draw: all of them run for the first ``hypothesis_warmup`` of the iterations
+    (:attr:`warmup_iterations`), then only the ``hypotheses_kept`` with the lowest matching cost of
+    each target and restart go on. A warm-up of 0 runs every hypothesis to the end.
     """
 
     name: str
@@ -61,6 +67,8 @@ class AttackConfig:
     nesterov: bool = False
     policy_aware: bool = False
     draw_lr: float = 0.0
+    hypothesis_warmup: float = 0.0
+    hypotheses_kept: int = 1
 
     def __post_init__(self) -> None:
         if self.cost not in ("sim", "l1", "l2"):
@@ -76,6 +84,9 @@ class AttackConfig:
             raise ValueError(f"attack {self.name!r}: lr must be > 0 and tv_weight >= 0")
         if self.policy_aware and (self.optimizer == "lbfgs" or self.draw_lr <= 0):
             raise ValueError(f"attack {self.name!r}: a policy-aware attack needs Adam or SGD and draw_lr > 0")
+        if not 0 <= self.hypothesis_warmup < 1 or self.hypotheses_kept < 1:
+            raise ValueError(f"attack {self.name!r}: hypothesis_warmup ({self.hypothesis_warmup}) must be in [0, 1) "
+                             f"and hypotheses_kept ({self.hypotheses_kept}) >= 1")
 
     @property
     def lr_milestones(self) -> tuple[int, ...]:
@@ -86,6 +97,12 @@ class AttackConfig:
         if not self.lr_decay:
             return ()
         return tuple(int(self.iterations // divisor) for divisor in LR_MILESTONE_DIVISORS)
+
+    @property
+    def warmup_iterations(self) -> int:
+        """Iterations every hypothesis of a policy-aware attack runs before pruning (0: no pruning):
+        ``hypothesis_warmup`` of the budget, rounded up (at least one step when pruning)."""
+        return math.ceil(self.hypothesis_warmup * self.iterations)
 
     def learning_rate(self, iteration: int) -> float:
         """The learning rate of step ``iteration`` (0-based), i.e. MultiStepLR stepped once per step."""
@@ -134,7 +151,8 @@ ATTACKS: dict[str, AttackConfig] = {
 #: original benchmark's table; :func:`get_attack` knows both.
 POLICY_AWARE_ATTACKS: dict[str, AttackConfig] = {
     config.name: config
-    for config in (_inverting_gradients("inversed-aware", policy_aware=True, draw_lr=0.01),)
+    for config in (_inverting_gradients("inversed-aware", policy_aware=True, draw_lr=0.01, hypothesis_warmup=0.1,
+                                        hypotheses_kept=1),)
 }
 
 #: The six attacks of the paper's attack-comparison table, by the names used there, as mapped by

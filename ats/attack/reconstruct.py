@@ -185,6 +185,10 @@ class _LastFinite:
         self.matching = torch.where(finite, matching, self.matching)
         self.diverged |= ~finite
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Forget every attack but ``rows`` (pruned hypotheses)."""
+        self.images, self.matching, self.diverged = self.images[rows], self.matching[rows], self.diverged[rows]
+
     def finish(self, images: torch.Tensor, end_matching: torch.Tensor, cost_history: torch.Tensor) -> _Trials:
         """The attacks' results, given their images and matching costs after the last step."""
         diverged = self.diverged | ~torch.isfinite(end_matching)
@@ -308,13 +312,18 @@ def _policy_aware_gradients(objective: _Objective, known: _KnownPreprocessing, i
 
 def _attack_policy_aware(objective: _Objective, known: _KnownPreprocessing, initial: torch.Tensor,
                          start: RelaxedDraw, targets: list[torch.Tensor], labels: torch.Tensor,
-                         config: AttackConfig, box: _Box, description: str) -> _Trials:
+                         config: AttackConfig, box: _Box, hypotheses: int, description: str) -> _Trials:
     """Run ``P`` policy-aware attacks as one computation: x and θ = (crop, signs) learned jointly.
 
     One optimiser with two parameter groups (x at ``lr``, θ at ``draw_lr``, both decayed at the
     milestones); Adam and SGD stay per entry, so the attacks stay independent. After each step x is
     boxed and θ clamped to [−1, 1] (crop offsets inside the padding, signs within ±1). Only the
     unknown entries of θ move: the crop when it has room, the signs of the signed ops.
+
+    The attacks come in consecutive groups of ``hypotheses`` (one target and restart each). After
+    ``config.warmup_iterations`` steps each group keeps its ``config.hypotheses_kept`` attacks of
+    lowest matching cost and the batch shrinks to them (their optimiser state goes on unchanged);
+    only those are returned.
     """
     images = initial.clone()
     theta = torch.cat([torch.zeros_like(start.crop_offsets), start.signs], dim=1)
@@ -328,6 +337,14 @@ def _attack_policy_aware(objective: _Objective, known: _KnownPreprocessing, init
         optimizer.param_groups[1]["lr"] = config.draw_learning_rate(iteration)
         image_gradient, draw_gradient, total, matching = _policy_aware_gradients(
             objective, known, images, theta, start, targets, labels, config.tv_weight)
+        if iteration == config.warmup_iterations and iteration > 0:
+            rows = _surviving_hypotheses(matching, hypotheses, config.hypotheses_kept)
+            _keep_rows(optimizer, rows)
+            image_gradient, draw_gradient, total, matching = (
+                image_gradient[rows], draw_gradient[rows], total[rows], matching[rows])
+            start, targets, labels, learned = start[rows], [t[rows] for t in targets], labels[rows], learned[rows]
+            history, last_finite_theta = history[rows], last_finite_theta[rows]
+            last_finite.keep(rows)
         history[:, iteration] = total
         last_finite.observe(images, total, matching)
         last_finite_theta = _per_attack_where(torch.isfinite(total), theta, last_finite_theta)
@@ -342,6 +359,28 @@ def _attack_policy_aware(objective: _Objective, known: _KnownPreprocessing, init
     trials = last_finite.finish(images, end_matching, history)
     final_theta = _per_attack_where(trials.diverged, last_finite_theta, theta)
     return dataclasses.replace(trials, draw=known.draw(final_theta, start))
+
+
+def _surviving_hypotheses(matching: torch.Tensor, hypotheses: int, kept: int) -> torch.Tensor:
+    """Rows of the ``kept`` lowest matching costs in each consecutive group of ``hypotheses`` rows,
+    in their original order; a non-finite cost ranks last, ties keep the earlier hypothesis."""
+    costs = torch.where(torch.isfinite(matching), matching, torch.inf).reshape(-1, hypotheses)
+    best = costs.argsort(dim=1, stable=True)[:, :kept].sort(dim=1).values
+    groups = torch.arange(costs.shape[0], device=matching.device)[:, None]
+    return (groups * hypotheses + best).flatten()
+
+
+@torch.no_grad()
+def _keep_rows(optimizer: torch.optim.Optimizer, rows: torch.Tensor) -> None:
+    """Shrink every parameter of ``optimizer`` and its per-entry state (Adam's moments, SGD's
+    momentum) to ``rows`` in place; scalar state (Adam's step count) is shared and stays."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value[rows]
+            parameter.set_(parameter[rows])
 
 
 def _attack_lbfgs(objective: _Objective, initial: torch.Tensor, targets: list[torch.Tensor],
@@ -485,7 +524,10 @@ def reconstruct(
     matching the gradient of T_θ(x) (:mod:`ats.transforms.differentiable`) while learning θ, and
     tries every discrete hypothesis of :func:`~ats.transforms.differentiable.draw_hypotheses`
     (sub-policy × directions of the signed ops) as its own attack from each restart's image; each
-    target keeps the attack with the lowest final matching cost, as among restarts. Where the
+    target keeps the attack with the lowest final matching cost, as among restarts. With a
+    ``hypothesis_warmup``, the hypotheses of each target and restart are pruned to the
+    ``hypotheses_kept`` of lowest matching cost after the warm-up, and a chunk of ``max_batch``
+    holds at least one target's hypotheses. Where the
     preprocessing has no random draw (``"plain"``, or the empty policy) a policy-aware config runs
     exactly as the same config without the policy (the ``inversed`` code path).
     """
@@ -502,17 +544,17 @@ def reconstruct(
     targets_count, restarts = labels.shape[0], config.restarts
     known = _known_preprocessing(config, augmentation_mode, policy, source_size, image_shape, mean_tensor, std_tensor)
     if known is None:
-        attempts, starts = restarts, None
+        hypotheses, starts = 1, None
         initial = initial_images(config, generators, tuple(image_shape), dtype, device).flatten(0, 1)
     else:
-        hypotheses = draw_hypotheses(known.mode, known.policy, known.source_size, dtype, device)
-        attempts = restarts * len(hypotheses)
+        draws = draw_hypotheses(known.mode, known.policy, known.source_size, dtype, device)
+        hypotheses = len(draws)
         source_shape = (image_shape[0], known.source_size, known.source_size)
         initial = initial_images(config, generators, source_shape, dtype, device)
-        initial = initial.repeat_interleave(len(hypotheses), dim=1).flatten(0, 1)
-        starts = hypotheses[torch.arange(initial.shape[0], device=device) % len(hypotheses)]
-    attack_targets = [g.to(device).repeat_interleave(attempts, dim=0) for g in observed_gradients]
-    attack_labels = labels.to(device).repeat_interleave(attempts)
+        initial = initial.repeat_interleave(hypotheses, dim=1).flatten(0, 1)
+        starts = draws[torch.arange(initial.shape[0], device=device) % hypotheses]
+    attack_targets = [g.to(device).repeat_interleave(restarts * hypotheses, dim=0) for g in observed_gradients]
+    attack_labels = labels.to(device).repeat_interleave(restarts * hypotheses)
     box = _Box(mean_tensor, std_tensor)
 
     with eval_mode(model):
@@ -521,18 +563,22 @@ def reconstruct(
             trials = _attack_lbfgs(objective, initial, attack_targets, attack_labels, config, box,
                                    f"{config.name} (one at a time)")
         else:
-            def run(chunk: slice) -> _Trials:
+            # Chunks hold whole groups of hypotheses (one target and restart each), which are pruned together.
+            def run(groups: slice) -> _Trials:
+                chunk = slice(groups.start * hypotheses, groups.stop * hypotheses)
                 description = f"{config.name} attacks {chunk.start}-{chunk.stop - 1}"
                 if starts is None:
                     return _attack_jointly(objective, initial[chunk], [t[chunk] for t in attack_targets],
                                            attack_labels[chunk], config, box, description)
                 return _attack_policy_aware(objective, known, initial[chunk], starts[chunk],
                                             [t[chunk] for t in attack_targets], attack_labels[chunk], config, box,
-                                            description)
+                                            hypotheses, description)
             if max_batch is None:
                 max_batch = default_max_batch(sum(p.numel() for p in parameters.values()), device)
-            trials = _in_chunks(run, initial.shape[0], max_batch)
+            trials = _in_chunks(run, initial.shape[0] // hypotheses,
+                                None if max_batch is None else max(1, max_batch // hypotheses))
 
+    attempts = trials.final_cost.shape[0] // targets_count  # fewer than started where hypotheses were pruned
     scores = trials.final_cost.reshape(targets_count, attempts)
     best = torch.where(torch.isfinite(scores), scores, torch.inf).argmin(dim=1)
     chosen = torch.arange(targets_count, device=device) * attempts + best
