@@ -35,7 +35,9 @@ def _psnr_phrase(row: Mapping[str, Any]) -> str:
     return (f"PSNR {float(row['psnr_mean']):.2f} dB {_interval(row['psnr_ci_low'], row['psnr_ci_high'])}, "
             f"{float(row['psnr_gain']):+.2f} dB {_interval(row['psnr_gain_ci_low'], row['psnr_gain_ci_high'])} "
             f"over chance ({float(row['psnr_chance']):.2f} dB, {row['chance_guess'] or 'no guess'}), "
-            f"SSIM {float(row['ssim_mean']):.3f} (chance {float(row['ssim_chance']):.3f})")
+            f"SSIM {float(row['ssim_mean']):.3f} (chance {float(row['ssim_chance']):.3f})"
+            + (f", LPIPS {float(row['lpips_mean']):.3f} {_interval(row['lpips_ci_low'], row['lpips_ci_high'], 3)}"
+               if math.isfinite(float(row.get("lpips_mean", math.nan))) else ""))
 
 
 def _defence_sentence(row: Mapping[str, Any]) -> str:
@@ -118,8 +120,17 @@ def _policy_knowledge_sections(rows: Sequence[Mapping[str, Any]]) -> list[tuple[
     return sections
 
 
-def write_findings_html(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write :func:`findings` as a small self-contained HTML page (atomically)."""
+def lpips_missing(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the summary has no LPIPS value at all (its weights were absent when it was made)."""
+    return bool(rows) and not any(math.isfinite(float(row.get("lpips_mean", math.nan))) for row in rows)
+
+
+def write_findings_html(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                        lpips_note: str | None = None) -> None:
+    """Write :func:`findings` as a small self-contained HTML page (atomically).
+
+    ``lpips_note`` says why the summary has no LPIPS; it is printed when :func:`lpips_missing`.
+    """
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>Findings</title>",
              "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;line-height:1.4}"
              "h2{font-size:1.1em;margin-top:1.5em}</style></head><body>",
@@ -128,6 +139,10 @@ def write_findings_html(path: str | os.PathLike, rows: Sequence[Mapping[str, Any
              "of four uninformed guesses of the same targets (all black, mid-grey, the training split's mean "
              "image, the attack's own starting image). A defence whose gain over chance has an interval "
              "containing 0 cannot be told from chance.</p>"]
+    if lpips_missing(rows):
+        parts.append(f"<p><strong>LPIPS was skipped:</strong> "
+                     f"{html.escape(lpips_note or 'no LPIPS weights when the summary was made', quote=False)}. "
+                     "PSNR and SSIM are reported as usual.</p>")
     for heading, sentences in findings(rows):
         parts.append(f"<h2>{html.escape(heading, quote=False)}</h2><ul>")
         parts += [f"<li>{html.escape(sentence, quote=False)}</li>" for sentence in sentences]

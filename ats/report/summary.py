@@ -67,6 +67,9 @@ SUMMARY_COLUMNS: dict[str, Callable[[Any], Any]] = {
     "ssim_ci_low": float,
     "ssim_ci_high": float,
     "ssim_chance": float,
+    "lpips_mean": float,
+    "lpips_ci_low": float,
+    "lpips_ci_high": float,
     "psnr_diff_none": float,
     "psnr_diff_none_ci_low": float,
     "psnr_diff_none_ci_high": float,
@@ -106,9 +109,10 @@ def summary_rows(
     """One row per attack record, in the given order.
 
     Each record holds ``defence``, ``stage``, ``attack``, ``training_step``, ``target_indices`` and
-    equally long per-image arrays ``psnr``, ``ssim``, ``mse``, ``feature_mse``, the boolean
-    ``diverged`` and, per guess of :data:`ats.attack.chance.CHANCE_GUESSES`, ``chance/{guess}/psnr``
-    and ``chance/{guess}/ssim`` (as :func:`ats.report.loaders.load_attack_metrics` reads them).
+    equally long per-image arrays ``psnr``, ``ssim``, ``mse``, ``feature_mse``, optionally ``lpips``
+    (:mod:`ats.attack.lpips`; without it the LPIPS columns are NaN), the boolean ``diverged`` and,
+    per guess of :data:`ats.attack.chance.CHANCE_GUESSES`, ``chance/{guess}/psnr`` and
+    ``chance/{guess}/ssim`` (as :func:`ats.report.loaders.load_attack_metrics` reads them).
     ``accuracy[defence]`` is the final test accuracy as a fraction in [0, 1], kept as a fraction so
     that no precision is lost (figures show percent).
 
@@ -130,6 +134,8 @@ def summary_rows(
             return mean_interval(values, seed=derive_seed(seed, "summary", defence, stage, attack, what))
 
         psnr, ssim = interval(kept["psnr"], "psnr"), interval(kept["ssim"], "ssim")
+        lpips = (interval(_finite_kept(record["lpips"], ~diverged, f"{name}: lpips"), "lpips") if "lpips" in record
+                 else Estimate(math.nan, math.nan, math.nan, 0))
         guess, gain = _gain_over_chance(record, diverged, name, interval, "psnr", "chance")
         original = _against_original(record, diverged, name, interval)
         reference = by_key.get((REFERENCE_DEFENCE, stage, attack))
@@ -155,6 +161,9 @@ def summary_rows(
             "ssim_ci_low": ssim.low,
             "ssim_ci_high": ssim.high,
             "ssim_chance": _best_chance_mean(record, diverged, "ssim", "chance"),
+            "lpips_mean": lpips.mean,
+            "lpips_ci_low": lpips.low,
+            "lpips_ci_high": lpips.high,
             "psnr_diff_none": difference.mean,
             "psnr_diff_none_ci_low": difference.low,
             "psnr_diff_none_ci_high": difference.high,
