@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ats.defence.names import parse_defence
+from ats.policies import format_policy, parse_policy
 from ats.runtime.atomic import read_tsv
 from ats.runtime.hdf5 import read_h5
 from ats.training.stages import FINAL
@@ -32,12 +34,15 @@ def load_accuracy(metrics_json: PathLike) -> float:
         return float(json.load(handle)["test_accuracy"])
 
 
-def load_attack_metrics(attack_h5: PathLike) -> dict[str, Any]:
+def load_attack_metrics(attack_h5: PathLike, *,
+                        lpips: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """The per-image scores of one attack file, as :func:`ats.report.summary.summary_rows` takes them.
 
     ``psnr``, ``ssim``, ``mse``, ``feature_mse``, ``diverged``, ``target_indices``, every stored
     ``chance/{guess}/{metric}`` and the ``training_step`` of the attacked model; where the file has
-    them, ``psnr_original``, ``ssim_original`` and ``chance_original/{guess}/{metric}``.
+    them, ``psnr_original``, ``ssim_original`` and ``chance_original/{guess}/{metric}``; with an
+    ``lpips`` scorer (:class:`ats.attack.lpips.LpipsScorer`), ``lpips`` of each reconstruction to
+    its shared image.
     """
     arrays, attrs = read_h5(attack_h5)
     metrics: dict[str, Any] = {name: arrays[f"metrics/{name}"] for name in ATTACK_METRICS}
@@ -46,6 +51,8 @@ def load_attack_metrics(attack_h5: PathLike) -> dict[str, Any]:
     metrics["diverged"] = arrays["diverged"].astype(bool)
     metrics["target_indices"] = arrays["target_indices"]
     metrics["training_step"] = int(attrs.get("training_step", -1))
+    if lpips is not None:
+        metrics["lpips"] = lpips(np.clip(arrays["reconstructions"], 0.0, 1.0), arrays["ground_truth"])
     return metrics
 
 
@@ -80,20 +87,40 @@ def load_curves(shard_paths: Sequence[PathLike], policies: Sequence[str]) -> dic
     return {policy: found[policy] for policy in policies if policy in found}
 
 
-def spri_psnr_points(
-    summary: Sequence[Mapping[str, Any]], ranking_tsv: PathLike, attack: str | None = None
-) -> list[tuple[str, float, float]]:
-    """``(policy, S_pri, PSNR)`` for every trained defence that has an S_pri from the search.
+def spri_psnr_points(summary: Sequence[Mapping[str, Any]], ranking_tsv: PathLike) -> list[dict[str, Any]]:
+    """The S_pri of each trained policy defence, ``none`` and ``crop``, beside its attack PSNR.
 
-    The ``none`` defence (no augmentation) is the empty policy of the search. ``attack`` picks the
-    attack whose PSNR is used (default: the first attack in the summary). The PSNR is that of the
-    trained model (stage ``final``), which is what the search claims to predict.
+    One entry per summary row of such a defence (every attack and stage), with the row's
+    ``defence``, ``attack``, ``stage``, ``psnr_mean``, ``psnr_ci_low``, ``psnr_ci_high`` and
+    ``psnr_chance``, plus ``s_pri`` and ``s_pri_from``, which says where the S_pri comes from:
+
+    * ``search``: the policy's own score in ``ranking.tsv`` (``none`` is the search's empty policy);
+    * ``sub-policies``: a policy the search never scored whose sub-policies it all scored, such as
+      the hybrid ``a+b``. The pipeline applies one sub-policy per image, drawn uniformly, so the
+      expected S_pri of the policy is the mean of its sub-policies' scores;
+    * ``""``: no S_pri (``s_pri`` is NaN): ``crop``, whose crop-and-flip transform alone the search
+      does not score, or a policy with an unscored sub-policy.
     """
-    s_pri = {row["policy"]: float(row["s_pri_mean"]) for row in read_tsv(ranking_tsv)}
-    attack = attack or summary[0]["attack"]
-    points = []
+    ranking = read_tsv(ranking_tsv)
+    scores = {row["policy"]: float(row["s_pri_mean"]) for row in ranking}
+    entries = []
     for row in summary:
-        policy = "" if row["defence"] == "none" else row["defence"]
-        if row["attack"] == attack and row.get("stage", FINAL) == FINAL and policy in s_pri:
-            points.append((row["defence"], s_pri[policy], float(row["psnr_mean"])))
-    return points
+        defence = str(row["defence"])
+        if defence == "none":
+            s_pri, source = scores.get("", math.nan), "search" if "" in scores else ""
+        elif defence == "crop":
+            s_pri, source = math.nan, ""
+        elif parse_defence(defence).kind != "policy":
+            continue
+        elif defence in scores:
+            s_pri, source = scores[defence], "search"
+        else:
+            members = [format_policy((sub_policy,)) for sub_policy in parse_policy(defence)]
+            known = len(members) > 1 and all(member in scores for member in members)
+            s_pri = float(np.mean([scores[member] for member in members])) if known else math.nan
+            source = "sub-policies" if known else ""
+        entries.append({"defence": defence, "attack": row["attack"], "stage": row.get("stage", FINAL),
+                        "s_pri": s_pri, "s_pri_from": source,
+                        **{key: float(row.get(key, math.nan)) for key in
+                           ("psnr_mean", "psnr_ci_low", "psnr_ci_high", "psnr_chance")}})
+    return entries

@@ -11,6 +11,7 @@ rule compare_published:
             "results/report/published_comparison.tsv",
             caption="../report/published_comparison.rst",
             category="Summary",
+            subcategory="Tables and verdicts",
             labels={"table": "published figures beside this run"},
         ),
     params:

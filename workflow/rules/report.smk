@@ -11,6 +11,7 @@ rule summarize:
             "results/summary.tsv",
             caption="../report/summary.rst",
             category="Summary",
+            subcategory="Tables and verdicts",
             labels={"table": "defences against attacks"},
         ),
     params:
@@ -18,6 +19,7 @@ rule summarize:
         stages=get_stages(),
         attacks=get_attacks(),
         seed=config["seed"],
+        lpips_backbone=config["report"]["lpips_backbone"],
     log:
         "results/logs/summarize.log",
     threads: 1
@@ -78,6 +80,7 @@ rule plot_privacy_utility:
             "results/report/privacy_utility.svg",
             caption="../report/privacy_utility.rst",
             category="Summary",
+            subcategory="Figures",
             labels={"figure": "privacy against utility"},
         ),
     log:
@@ -96,6 +99,7 @@ rule plot_spri_vs_psnr:
             "results/report/spri_vs_psnr.svg",
             caption="../report/spri_vs_psnr.rst",
             category="Summary",
+            subcategory="Figures",
             labels={"figure": "does S_pri predict the attack?"},
         ),
     log:
@@ -113,8 +117,11 @@ rule write_findings:
             "results/report/findings.html",
             caption="../report/findings.rst",
             category="Summary",
+            subcategory="Tables and verdicts",
             labels={"page": "findings in words"},
         ),
+    params:
+        lpips_backbone=config["report"]["lpips_backbone"],
     log:
         "results/logs/write_findings.log",
     threads: 1
@@ -130,6 +137,7 @@ rule plot_leak_across_training:
             "results/report/leak_across_training.svg",
             caption="../report/leak_across_training.rst",
             category="Summary",
+            subcategory="Figures",
             labels={"figure": "leak across training"},
         ),
     log:

@@ -1,6 +1,4 @@
-"""Snakemake adapter: does the privacy score predict the attack's PSNR?"""
-
-import math
+"""Snakemake adapter: does the privacy score predict the attack's PSNR, per attack and training stage?"""
 
 from ats.report.figures import plot_spri_vs_psnr
 from ats.report.loaders import spri_psnr_points
@@ -14,9 +12,4 @@ if snakemake.input.ranking:
     points, note = spri_psnr_points(summary, snakemake.input.ranking), None
 else:
     points, note = [], "The search was skipped (pinned policies), so there are no S_pri values."
-plotted = {defence for defence, _, _ in points}
-attack = summary[0]["attack"] if summary else None
-levels = [row["psnr_chance"] for row in summary
-          if row["defence"] in plotted and row["attack"] == attack and row["stage"] == "final"
-          and math.isfinite(row["psnr_chance"])]
-plot_spri_vs_psnr(snakemake.output[0], points, note=note, chance=sum(levels) / len(levels) if levels else None)
+plot_spri_vs_psnr(snakemake.output[0], points, note=note)

@@ -1,7 +1,9 @@
 """Snakemake adapter: one summary row per defence, training stage and attack."""
 
+import logging
 from itertools import product
 
+from ats.attack.lpips import LpipsScorer, lpips_unavailable_reason
 from ats.report.loaders import load_accuracy, load_attack_metrics
 from ats.report.summary import summary_rows, write_summary
 from ats.runtime.logs import configure
@@ -9,9 +11,13 @@ from ats.runtime.logs import configure
 configure(snakemake.log[0])
 
 params = snakemake.params
+skipped = lpips_unavailable_reason(params.lpips_backbone)
+if skipped:
+    logging.getLogger("summarize").warning("LPIPS skipped: %s", skipped)
+lpips = None if skipped else LpipsScorer(params.lpips_backbone)
 # The attack files come in the order of product(defences, stages, attacks) (get_attack_files).
 records = [
-    {**load_attack_metrics(path), "defence": defence, "stage": stage, "attack": attack}
+    {**load_attack_metrics(path, lpips=lpips), "defence": defence, "stage": stage, "attack": attack}
     for (defence, stage, attack), path in zip(
         product(params.defences, params.stages, params.attacks), snakemake.input.attacks, strict=True
     )
