@@ -30,6 +30,7 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)  # torchvision's own import
 
 
 @pytest.fixture
@@ -68,6 +69,24 @@ def test_with_a_local_backbone_lpips_scores_each_image(random_backbone: Path):
     assert scorer(images[:1], references[:1]) == pytest.approx(scores[:1]), "a score does not depend on the batch"
     with pytest.raises(ValueError, match="equal"):
         scorer(images, references[:2])
+
+
+def test_lpips_equals_torchmetrics_own_lpips_with_the_same_backbone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The reference: torchmetrics' public LPIPS, whose pretrained AlexNet is here served from memory
+    instead of a download, must give the scorer's values with the same (random) backbone."""
+    from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
+
+    torch.manual_seed(1)
+    full = torchvision.models.alexnet(weights=None).state_dict()
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *args, **kwargs: full)
+    torch.save({name: tensor for name, tensor in full.items() if name.startswith("features.")}, tmp_path / "alex.pth")
+    rng = np.random.default_rng(2)
+    images, references = rng.uniform(0, 1, (2, 3, 3, 32, 32))
+    ours = lpips.LpipsScorer(tmp_path / "alex.pth")(images, references)
+    reference = [float(learned_perceptual_image_patch_similarity(
+        torch.as_tensor(images[i:i + 1], dtype=torch.float32), torch.as_tensor(references[i:i + 1], dtype=torch.float32),
+        net_type="alex", normalize=True)) for i in range(3)]
+    assert ours == pytest.approx(reference, rel=1e-5)
 
 
 def test_the_default_backbone_is_torchvisions_cache(random_backbone: Path):
