@@ -213,9 +213,11 @@ def _freeze_layout(figure: Figure) -> None:
 
 
 def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
-                  obstacles: Sequence[tuple[float, float]] = (), **text_style: Any) -> None:
+                  obstacles: Sequence[tuple[float, float]] = (),
+                  clearance_points: float = MARKER_CLEARANCE_POINTS, **text_style: Any) -> None:
     """Write each ``(text, x, y)`` label near its point so that no two labels overlap and no label
-    covers a point of ``labels`` or ``obstacles`` (data coordinates).
+    covers a point of ``labels`` or ``obstacles`` (data coordinates), nor the square of half side
+    ``clearance_points`` around it (its marker).
 
     A deterministic greedy search: each label in turn takes the first free position, nearest
     first (:data:`LABEL_RADII_POINTS`, then :data:`LABEL_DIRECTIONS`), that lies inside the axes;
@@ -226,7 +228,7 @@ def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
     figure = ax.get_figure(root=True)
     renderer = figure.canvas.get_renderer()
     pixels_per_point = figure.dpi / 72.0
-    clearance, margin = MARKER_CLEARANCE_POINTS * pixels_per_point, 1.5 * pixels_per_point
+    clearance, margin = clearance_points * pixels_per_point, 1.5 * pixels_per_point
     anchors = [ax.transData.transform((x, y)) for _, x, y in labels]
     blocked = [Bbox.from_bounds(px - clearance, py - clearance, 2 * clearance, 2 * clearance)
                for px, py in [*anchors, *(ax.transData.transform(point) for point in obstacles)]
@@ -362,8 +364,9 @@ def plot_spri_vs_sacc(
         notes.append(f"{unplaceable} candidate(s) with non-finite scores (status 'nonfinite') are not shown.")
     _add_footnote(figure, [*uncertainty, *notes])
     _freeze_layout(figure)
-    _place_labels(ax, labels, obstacles=[(s_pri[""], s_acc[""])] if reference else [], fontsize=8,
-                  color=HIGHLIGHT_COLOUR)
+    ring_radius = math.sqrt(size * 3 + 60) / 2 + 1.0  # the rings' marker area is (diameter in points)²
+    _place_labels(ax, labels, obstacles=[(s_pri[""], s_acc[""])] if reference else [],
+                  clearance_points=ring_radius, fontsize=8, color=HIGHLIGHT_COLOUR)
     _save(figure, path)
 
 
