@@ -32,6 +32,7 @@ from matplotlib import cycler
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.transforms import Bbox, offset_copy
 
 from ats.report.summary import MIN_CORRELATION_POINTS, correlations
@@ -217,7 +218,7 @@ def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
                   clearance_points: float = MARKER_CLEARANCE_POINTS, **text_style: Any) -> None:
     """Write each ``(text, x, y)`` label near its point so that no two labels overlap and no label
     covers a point of ``labels`` or ``obstacles`` (data coordinates), nor the square of half side
-    ``clearance_points`` around it (its marker).
+    ``clearance_points`` around it (its marker), nor a text already in the axes.
 
     A deterministic greedy search: each label in turn takes the first free position, nearest
     first (:data:`LABEL_RADII_POINTS`, then :data:`LABEL_DIRECTIONS`), that lies inside the axes;
@@ -233,6 +234,7 @@ def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
     blocked = [Bbox.from_bounds(px - clearance, py - clearance, 2 * clearance, 2 * clearance)
                for px, py in [*anchors, *(ax.transData.transform(point) for point in obstacles)]
                if math.isfinite(px) and math.isfinite(py)]
+    blocked += [Text.get_window_extent(text, renderer) for text in ax.texts if text.get_text()]
     axes_box = ax.get_window_extent(renderer)
     placed: list[Bbox] = []
     for (text, x, y), (px, py) in zip(labels, anchors):
@@ -240,12 +242,16 @@ def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
         size = probe.get_window_extent(renderer)
         probe.remove()
         width, height = size.width + 2 * margin, size.height + 2 * margin
+
+        def box_at(radius: float, dx: float, dy: float) -> Bbox:
+            left = px + dx * radius * pixels_per_point - width * (1 - dx) / 2
+            bottom = py + dy * radius * pixels_per_point - height * (1 - dy) / 2
+            return Bbox.from_bounds(left, bottom, width, height)
+
         inside, outside = None, None
         for radius in LABEL_RADII_POINTS:
             for dx, dy in LABEL_DIRECTIONS:
-                left = px + dx * radius * pixels_per_point - width * (1 - dx) / 2
-                bottom = py + dy * radius * pixels_per_point - height * (1 - dy) / 2
-                box = Bbox.from_bounds(left, bottom, width, height)
+                box = box_at(radius, dx, dy)
                 if any(box.overlaps(other) for other in (*placed, *blocked)):
                     continue
                 candidate = (box, radius, dx, dy)
@@ -256,7 +262,8 @@ def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]],
                 outside = outside or candidate
             if inside:
                 break
-        box, radius, dx, dy = inside or outside or (Bbox.from_bounds(px, py, width, height), LABEL_RADII_POINTS[-1], 1.0, 1.0)
+        farthest = (box_at(LABEL_RADII_POINTS[-1], 1.0, 1.0), LABEL_RADII_POINTS[-1], 1.0, 1.0)
+        box, radius, dx, dy = inside or outside or farthest
         placed.append(box)
         leader = ({"arrowstyle": "-", "color": text_style.get("color", MUTED_COLOUR), "linewidth": 0.5,
                    "shrinkA": 0, "shrinkB": clearance / pixels_per_point}
