@@ -74,7 +74,9 @@ def test_with_a_local_backbone_lpips_scores_each_image(random_backbone: Path):
 def test_lpips_equals_torchmetrics_own_lpips_with_the_same_backbone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The reference: torchmetrics' public LPIPS, whose pretrained AlexNet is here served from memory
     instead of a download, must give the scorer's values with the same (random) backbone."""
-    from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
+    from torchmetrics.functional.image.lpips import (
+        learned_perceptual_image_patch_similarity,
+    )
 
     torch.manual_seed(1)
     full = torchvision.models.alexnet(weights=None).state_dict()
