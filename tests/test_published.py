@@ -26,6 +26,7 @@ from ats.report.published import (
 )
 from ats.report.summary import SUMMARY_COLUMNS, write_summary
 from ats.runtime.atomic import read_tsv, write_tsv
+from workflow_helpers import effective_config
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_CONFIGS = sorted((REPO / "config" / "paper").glob("*.yaml"))
@@ -65,7 +66,7 @@ def test_every_source_is_cited_with_its_doi_or_paper():
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[path.stem for path in PAPER_CONFIGS])
 def test_each_paper_config_names_its_own_published_setting(path):
-    config = yaml.safe_load(path.read_text())
+    config = effective_config(path)
     setting = config["report"]["published_setting"]
     assert setting == path.stem
     published = load_published().settings[setting]
@@ -80,7 +81,7 @@ def test_schema_offers_exactly_the_published_settings_and_the_demo_none():
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     key = schema["properties"]["report"]["properties"]["published_setting"]
     assert key["enum"] == [None, *published_settings()]
-    assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["report"]["published_setting"] is None
+    assert effective_config(REPO / "config" / "config.yaml")["report"]["published_setting"] is None
 
 
 BAD_ENTRIES = [

@@ -12,6 +12,19 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 TEST_CONFIG = REPO / "tests" / "config" / "test.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def effective_config(*configfiles: Path) -> dict:
+    """The config a workflow run sees with these ``--configfile``s: merged in order over the
+    schema's defaults, exactly as Snakemake loads and validates it."""
+    from snakemake.utils import update_config, validate
+
+    config: dict = {}
+    for path in configfiles:
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    validate(config, str(SCHEMA))
+    return config
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 900,
