@@ -8,16 +8,29 @@
 
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+from ats.config import ConfigFileError, read_config_file
 
 min_version("9.0")
 
+
+DEMO_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
+
+# Read every config file again, strictly: a key given twice is refused (Snakemake keeps the last
+# one), and a broken, empty or non-mapping demo config is reported naming the file.
+try:
+    for config_file in workflow.overwrite_configfiles or [DEMO_CONFIG]:
+        read_config_file(config_file)
+except ConfigFileError as error:
+    raise WorkflowError(str(error)) from None
 
 # The demo, unless a config file is given: a paper setting or a config of one's own then starts from
 # the schema's defaults (the paper's recipe), not from the demo's reduced budget.
 if not workflow.overwrite_configfiles:
 
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+    configfile: DEMO_CONFIG
 
 
 report: "workflow/report/workflow.rst"

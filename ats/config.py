@@ -12,7 +12,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Hashable, Mapping
 
 import yaml
 
@@ -20,11 +20,71 @@ from ats.case.architectures import parse_arch
 from ats.case.normalisation import dataset_spec
 from ats.defence.names import DefenceError, parse_defence
 from ats.policies import DISTINCT_CANDIDATES, PolicyError, parse_policy
-from ats.training.stages import StageError, check_stages
+from ats.training.stages import StageError, check_stages, training_images
 
 CONFIG_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 MAX_SEED = 2**64 - 1
 """``torch.manual_seed`` takes seeds up to 2**64 - 1; a larger one would only fail inside a job."""
+
+
+MAX_ACCURACY_SCORE = -1.0
+"""The largest S_acc any policy can reach, so the highest ``accuracy_threshold`` that can be passed.
+
+S_acc of a batch of K images is −Σ_j f(λ_j + k) over the K eigenvalues of a correlation matrix, with
+f(x) = log x + 1/x ≥ 1 (``ats.search.accuracy``); so S_acc ≤ −K ≤ −1, since a batch holds at least
+one image. A higher threshold would leave every policy ineligible and the search with nothing to
+choose.
+"""
+
+
+class ConfigFileError(ValueError):
+    """A config file that is unreadable, not YAML, empty, not a mapping, or gives a key twice."""
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _DistinctKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error, not "last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                raise _DuplicateKeyError(f"key {key!r} given twice, on lines {first_lines[key]} and {line}")
+            first_lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a config file strictly; raise :class:`ConfigFileError` naming ``path``.
+
+    Snakemake's own reader keeps the last of two equal keys, so a key given twice would silently
+    override the first; and its errors for broken, empty or list-valued files do not name the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.load(handle, Loader=_DistinctKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigFileError(f"config file {path}: cannot be read ({error})") from None
+    except _DuplicateKeyError as error:
+        raise ConfigFileError(f"config file {path}: {error}; give each key once") from None
+    except yaml.YAMLError as error:
+        raise ConfigFileError(f"config file {path}: not valid YAML:\n{error}") from None
+    if content is None:
+        raise ConfigFileError(f"config file {path} is empty; it must map config keys to values "
+                              "(config/README.md)")
+    if not isinstance(content, dict):
+        raise ConfigFileError(f"config file {path} holds a {type(content).__name__}, not a mapping of "
+                              "config keys to values (config/README.md)")
+    return content
 
 
 class ConfigError(ValueError):
@@ -109,6 +169,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     except ValueError as error:
         raise ConfigError("model.arch", str(error)) from None
     _check_training_stages(config)
+    _check_dataset_ranges(config)
+    _check_something_to_choose(config)
+    _check_source_dir(config)
     checkpoint_path = config["search"]["pretrain"]["checkpoint"]
     if checkpoint_path and not os.path.exists(checkpoint_path):
         raise ConfigError("search.pretrain.checkpoint", f"{checkpoint_path!r} does not exist")
@@ -120,6 +183,72 @@ def _check_training_stages(config: Mapping[str, Any]) -> None:
     train_size = dataset_spec(config["dataset"]["name"]).train_size
     try:
         check_stages(config["attack"]["stages"], epochs=training["epochs"], batch_size=training["batch_size"],
-                     train_images=max(1, round(training["train_fraction"] * train_size)))
+                     train_images=max(1, training_images(train_size, training["train_fraction"])))
     except StageError as error:
         raise ConfigError("attack.stages", str(error)) from None
+
+
+def _check_dataset_ranges(config: Mapping[str, Any]) -> None:
+    """Settings that index into the data set must fit its official split sizes (``DatasetSpec``).
+
+    Each of them used to fail (or be clipped) only inside a job, after hours of earlier stages.
+    """
+    spec = dataset_spec(config["dataset"]["name"])
+    tests = f"the {spec.test_size} test images of {spec.name} (indices 0..{spec.test_size - 1})"
+    attack = config["attack"]
+    last_target = attack["first_target"] + attack["num_targets"] - 1
+    if last_target >= spec.test_size:
+        key = "attack.num_targets" if attack["num_targets"] > spec.test_size else "attack.first_target"
+        raise ConfigError(key, f"the attacked images {attack['first_target']}..{last_target} "
+                          f"(attack.first_target + attack.num_targets - 1) go beyond {tests}")
+    test_images = config["training"]["test_images"]
+    if test_images is not None and test_images > spec.test_size:
+        raise ConfigError("training.test_images", f"{test_images} is more than {tests}; null uses all of them")
+    for prefix, fraction_key in (("training", "train_fraction"), ("search.pretrain", "fraction")):
+        section = config["training"] if prefix == "training" else config["search"]["pretrain"]
+        images = training_images(spec.train_size, section[fraction_key])
+        if images < section["batch_size"]:
+            raise ConfigError(f"{prefix}.{fraction_key}", f"{section[fraction_key]} of the {spec.train_size} "
+                              f"training images of {spec.name} keeps {images}, fewer than one batch of "
+                              f"{prefix}.batch_size {section['batch_size']}")
+    privacy = config["search"]["privacy"]
+    if privacy["images"] == "per_class" and privacy["num_samples"] > spec.test_per_class:
+        raise ConfigError("search.privacy.num_samples", f"{privacy['num_samples']} images per class, but each "
+                          f"class of {spec.name} has {spec.test_per_class} test images")
+    accuracy = config["search"]["accuracy"]
+    end = accuracy["start"] + accuracy["runs"] * accuracy["window"]
+    if end > spec.test_size:
+        raise ConfigError("search.accuracy.start", f"the S_acc windows cover test indices {accuracy['start']}.."
+                          f"{end - 1} (start + runs × window - 1), beyond {tests}")
+
+
+def _check_something_to_choose(config: Mapping[str, Any]) -> None:
+    """A search must be able to choose a policy, unless ``search.selection.allow_empty`` says otherwise."""
+    search = config["search"]
+    threshold = search["selection"]["accuracy_threshold"]
+    if threshold is not None and threshold > MAX_ACCURACY_SCORE:
+        raise ConfigError("search.selection.accuracy_threshold", f"{threshold} is above {MAX_ACCURACY_SCORE}, "
+                          "the largest S_acc any policy can reach, so no policy could ever pass it")
+    if search["pinned_policies"] or search["selection"]["allow_empty"]:
+        return
+    remedy = "; or set search.selection.allow_empty: true to train only the baselines"
+    candidates = search["candidates"]
+    if not (candidates["count"] or candidates["extra"] or candidates["single_ops"]
+            or config["training"]["validation_policies"]):
+        raise ConfigError("search.candidates.count", "0 random candidates and no search.candidates.extra, "
+                          "single_ops or training.validation_policies leave the search nothing to choose "
+                          "(the no-transform reference is never chosen); score some candidates or set "
+                          "search.pinned_policies" + remedy)
+
+
+def _check_source_dir(config: Mapping[str, Any]) -> None:
+    """A ``dataset.source_dir`` that is set must hold the data set: no silent fallback to another copy."""
+    source_dir = config["dataset"]["source_dir"]
+    if source_dir is None:
+        return
+    from ats.case.datasets import DatasetNotFoundError, find_in_source_dir  # numpy and h5py, no torch
+
+    try:
+        find_in_source_dir(config["dataset"]["name"], source_dir)
+    except DatasetNotFoundError as error:
+        raise ConfigError("dataset.source_dir", str(error)) from None

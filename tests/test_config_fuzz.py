@@ -175,7 +175,8 @@ SEMANTIC_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] 
         st.sampled_from([None, str(SCHEMA_PATH)]),
         st.one_of(st.just("/nonexistent/100.pth"), st.integers(), st.booleans()),
     ),
-    "dataset.source_dir": (st.one_of(st.none(), st.text(max_size=20)), st.one_of(st.integers(), st.booleans())),
+    # A source_dir must hold the data set (tests/test_config_validation.py gives one that does not).
+    "dataset.source_dir": (st.none(), st.one_of(st.just("/nonexistent"), st.integers(), st.booleans())),
     "attack.attacks": (
         unique_lists(attack_names, min_size=1),
         st.one_of(st.just([]), lists_with_one_bad(attack_names, st.sampled_from(["dlg", "Inversed", ""]))),
@@ -188,9 +189,10 @@ SEMANTIC_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] 
             st.sampled_from(["init", "final", "step-1"]),
             st.sampled_from(["middle", "step-0", "epoch-01", "Final", "step-1000000", "epoch-2", "", 3]))),
     ),
-    # The candidate sampler draws distinct policies; there are only so many.
+    # The candidate sampler draws distinct policies; there are only so many. 0 is valid only with
+    # extras, which other fuzzed keys may empty (tests/test_config_validation.py covers it).
     "search.candidates.count": (
-        st.integers(0, DISTINCT_CANDIDATES),
+        st.integers(1, DISTINCT_CANDIDATES),
         st.one_of(st.integers(max_value=-1), st.integers(DISTINCT_CANDIDATES + 1), st.integers(0, 10).map(float)),
     ),
     # torch.manual_seed takes 64-bit seeds.
@@ -249,6 +251,37 @@ def invalid_values(leaf: dict[str, Any]) -> st.SearchStrategy[Any]:
     elif "boolean" in types:
         options += [st.integers(0, 1), st.sampled_from(["yes", "true", "on"]), st.none()]
     return st.one_of(options)
+
+
+def fitting(key: str, low: int | float, high: int | float, too_large: st.SearchStrategy[Any] | None = None
+            ) -> tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]:
+    """Valid values of ``key`` kept within [low, high], where they fit every data set together with
+    the other fuzzed keys' values; invalid ones add ``too_large``, which fit no data set at all."""
+    leaf = leaf_keys()[key]
+    numbers = st.integers(low, high) if "integer" in _types(leaf) else st.floats(low, high, **finite)
+    valid = st.one_of(st.none(), numbers) if "null" in _types(leaf) else numbers
+    invalid = invalid_values(leaf)
+    return valid, invalid if too_large is None else st.one_of(invalid, too_large)
+
+
+# Settings that index into the data sets' splits (smallest: 50 000 training and 10 000 test images,
+# 100 test images of each CIFAR-100 class), and fractions of the training split that must fill a batch.
+SEMANTIC_KEYS.update({
+    "attack.first_target": fitting("attack.first_target", 0, 5000, st.integers(10_000, 10**6)),
+    "attack.num_targets": fitting("attack.num_targets", 1, 5000, st.integers(10_001, 10**6)),
+    "training.test_images": fitting("training.test_images", 1, 10_000, st.integers(10_001, 10**6)),
+    "training.batch_size": fitting("training.batch_size", 1, 128),
+    "training.train_fraction": fitting("training.train_fraction", 0.003, 1.0, st.floats(0, 8e-6, exclude_min=True)),
+    "search.pretrain.batch_size": fitting("search.pretrain.batch_size", 1, 128),
+    "search.pretrain.fraction": fitting("search.pretrain.fraction", 0.003, 1.0, st.floats(0, 8e-6, exclude_min=True)),
+    "search.privacy.num_samples": fitting("search.privacy.num_samples", 1, 100),
+    "search.accuracy.start": fitting("search.accuracy.start", 0, 4000, st.integers(10_000, 10**6)),
+    "search.accuracy.runs": fitting("search.accuracy.runs", 1, 20),
+    "search.accuracy.window": fitting("search.accuracy.window", 2, 300),
+    # A threshold no policy can pass: S_acc never exceeds -1.
+    "search.selection.accuracy_threshold": fitting("search.selection.accuracy_threshold", -1e6, -1.0,
+                                                   st.floats(-1.0, 1e6, exclude_min=True, **finite)),
+})
 
 
 def strategies_for(key: str) -> tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]:

@@ -197,13 +197,12 @@ def test_missing_data_error_lists_every_place_and_how_to_get_it(tmp_path: Path, 
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError) as caught:
-        build_dataset_file("fashion-mnist", tmp_path / "out" / "f.h5", source_dir=str(tmp_path / "partial"),
+        build_dataset_file("fashion-mnist", tmp_path / "out" / "f.h5", download_root=str(tmp_path / "partial"),
                            download=False)
     message = str(caught.value)
     lacking = "lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
-    assert f"{tmp_path / 'partial'} (source_dir): {lacking}" in message
-    assert f"{tmp_path / 'partial' / 'FashionMNIST' / 'raw'} (source_dir): does not exist" in message
-    assert f"{tmp_path / 'out' / 'downloads'} (download_root): does not exist" in message
+    assert f"{tmp_path / 'partial'} (download_root): {lacking}" in message
+    assert f"{tmp_path / 'partial' / 'FashionMNIST' / 'raw'} (download_root): does not exist" in message
     assert "download disabled" in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert not (tmp_path / "out" / "f.h5").exists()
@@ -216,7 +215,7 @@ def test_missing_cifar_error_says_how_to_get_it(tmp_path: Path) -> None:
                            download=False)
 
 
-def test_source_dir_wins_over_the_system_folder(tmp_path: Path, write_fashion_mnist, monkeypatch,
+def test_source_dir_wins_over_the_system_folder_and_is_the_only_place_looked_at(tmp_path: Path, write_fashion_mnist, monkeypatch,
                                                 caplog) -> None:
     write_fashion_mnist(tmp_path / "mine", per_class=1)
     write_fashion_mnist(tmp_path / "system", per_class=2)
@@ -225,11 +224,16 @@ def test_source_dir_wins_over_the_system_folder(tmp_path: Path, write_fashion_mn
     assert len(load_dataset(tmp_path / "f.h5").train_labels) == 10
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
-    (tmp_path / "empty").mkdir()
-    build_dataset_file("fashion-mnist", tmp_path / "g.h5", source_dir=str(tmp_path / "empty"), download=False)
-    assert len(load_dataset(tmp_path / "g.h5").train_labels) == 20
-    warning = f"source_dir {tmp_path / 'empty'} does not hold fashion-mnist; using {tmp_path / 'system'}"
-    assert warning in caplog.text
+    # A source_dir without the data is an error, never a silent fallback to another copy.
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError) as caught:
+        build_dataset_file("fashion-mnist", tmp_path / "g.h5", source_dir=str(tmp_path / "partial"), download=True)
+    message = str(caught.value)
+    assert f"source_dir {tmp_path / 'partial'} does not hold fashion-mnist" in message
+    assert f"{tmp_path / 'partial'}: lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte" in message
+    assert f"{tmp_path / 'partial' / 'FashionMNIST' / 'raw'}: does not exist" in message
+    assert not (tmp_path / "g.h5").exists()
 
 
 def test_download_goes_into_download_root_and_is_reused(tmp_path: Path, write_cifar, monkeypatch) -> None:

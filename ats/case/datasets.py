@@ -11,7 +11,8 @@ read by :func:`load_dataset`) instead of from torchvision datasets, so that
 Where the raw files are looked for, in order:
 
 1. ``source_dir`` — the folder holding the files, or a torchvision root above it
-   (``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``);
+   (``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``). When it is set it is
+   the only place looked at: falling back to another copy would hide a mistyped path;
 2. system folders (:data:`SYSTEM_DATA_DIRS`; Debian's ``dataset-fashion-mnist`` package);
 3. ``download_root`` (default: a ``downloads/`` folder next to the output file), same two forms;
 4. a torchvision download into ``download_root`` when ``download`` is true.
@@ -202,15 +203,29 @@ def _missing_files(spec: DatasetSpec, folder: Path) -> list[str]:
     return [name for names in files.values() for name in names if not (folder / name).is_file()]
 
 
-def _candidate_folders(
-    spec: DatasetSpec, source_dir: str | None, download_root: Path
-) -> list[tuple[Path, str]]:
-    """``(folder, how it was chosen)`` in lookup order; see the module docstring."""
+def find_in_source_dir(dataset: str, source_dir: str | os.PathLike) -> Path:
+    """The folder, ``source_dir`` or its torchvision subfolder, that holds every raw file of ``dataset``.
+
+    Raises :class:`DatasetNotFoundError` saying what each of the two lacks. Torch-free, so that the
+    workflow checks ``dataset.source_dir`` when it parses the config.
+    """
+    spec = dataset_spec(dataset)
+    looked = []
+    for folder in (Path(source_dir), Path(source_dir) / _TORCHVISION_LAYOUT[spec.name][0]):
+        missing = _missing_files(spec, folder)
+        if not missing:
+            return folder
+        looked.append(f"{folder}: " + ("does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"))
+    places = "\n  ".join(looked)
+    raise DatasetNotFoundError(f"source_dir {source_dir} does not hold {spec.name}:\n  {places}\n"
+                               f"To get it: {_HOW_TO_GET_DATA[spec.name]}; or set source_dir to null "
+                               "to look in the standard places.")
+
+
+def _candidate_folders(spec: DatasetSpec, download_root: Path) -> list[tuple[Path, str]]:
+    """``(folder, how it was chosen)`` in lookup order when no ``source_dir`` is set; see the module docstring."""
     subfolder = _TORCHVISION_LAYOUT[spec.name][0]
-    candidates: list[tuple[Path, str]] = []
-    if source_dir:
-        candidates += [(Path(source_dir), "source_dir"), (Path(source_dir) / subfolder, "source_dir")]
-    candidates += [(folder, "system folder") for folder in SYSTEM_DATA_DIRS[spec.name]]
+    candidates = [(folder, "system folder") for folder in SYSTEM_DATA_DIRS[spec.name]]
     candidates += [(download_root, "download_root"), (download_root / subfolder, "download_root")]
     return candidates
 
@@ -219,19 +234,18 @@ def _locate_or_download(
     spec: DatasetSpec, source_dir: str | None, download: bool, download_root: Path
 ) -> tuple[Path, str]:
     """Return the first folder holding every raw file of ``spec`` and a description of the source."""
+    if source_dir:
+        folder = find_in_source_dir(spec.name, source_dir)
+        return folder, str(folder)
     looked: list[str] = []
-    for folder, how in _candidate_folders(spec, source_dir, download_root):
+    for folder, how in _candidate_folders(spec, download_root):
         missing = _missing_files(spec, folder)
         if not missing:
-            if source_dir and how != "source_dir":
-                logger.warning("source_dir %s does not hold %s; using %s", source_dir, spec.name, folder)
             return folder, str(folder)
         state = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
         looked.append(f"{folder} ({how}): {state}")
     download_note = "download disabled (dataset.download: false)"
     if download:
-        if source_dir:
-            logger.warning("source_dir %s does not hold %s; downloading it", source_dir, spec.name)
         try:
             _download_with_torchvision(spec, download_root)
         except Exception as error:  # network, disk and torchvision errors all mean "not available"

@@ -28,7 +28,8 @@ class DatasetSpec:
 
     ``native_size`` is the stored image side (Fashion-MNIST images are 28×28 and resized to 32 by
     the transform pipeline; CIFAR images are stored at 32×32). ``class_names`` follow the label
-    order of the official releases; ``train_size`` and ``test_size`` are the official split sizes,
+    order of the official releases; ``train_size`` and ``test_size`` are the official split sizes
+    and ``test_per_class`` the test images of each class (every official test split is balanced),
     which let the workflow check settings that depend on them before any job runs.
     """
 
@@ -39,6 +40,7 @@ class DatasetSpec:
     class_names: tuple[str, ...] | None = None
     train_size: int | None = None
     test_size: int | None = None
+    test_per_class: int | None = None
 
 
 _FASHION_MNIST_CLASSES = (
@@ -65,9 +67,9 @@ _CIFAR100_FINE_CLASSES = (
 DATASETS: Mapping[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("fashion-mnist", 10, 1, 28, _FASHION_MNIST_CLASSES, 60_000, 10_000),
-        DatasetSpec("cifar10", 10, 3, 32, _CIFAR10_CLASSES, 50_000, 10_000),
-        DatasetSpec("cifar100", 100, 3, 32, _CIFAR100_FINE_CLASSES, 50_000, 10_000),
+        DatasetSpec("fashion-mnist", 10, 1, 28, _FASHION_MNIST_CLASSES, 60_000, 10_000, 1_000),
+        DatasetSpec("cifar10", 10, 3, 32, _CIFAR10_CLASSES, 50_000, 10_000, 1_000),
+        DatasetSpec("cifar100", 100, 3, 32, _CIFAR100_FINE_CLASSES, 50_000, 10_000, 100),
     )
 }
 

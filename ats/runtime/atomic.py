@@ -14,6 +14,7 @@ their processes cannot be checked from here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -29,7 +30,8 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``final_path``; rename it into place on success.
 
     On any exception the temporary file is removed and ``final_path`` is left untouched, so an
-    earlier complete result survives a failed rewrite.
+    earlier complete result survives a failed rewrite. A full disk is reported naming ``final_path``
+    rather than the hidden temporary file.
     """
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +46,10 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename != str(final):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from error
         raise
 
 

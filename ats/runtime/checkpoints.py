@@ -10,6 +10,7 @@ checksum, so they are only checked for loadability and key compatibility by the 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,7 +44,9 @@ def save_checkpoint(
 ) -> None:
     """Atomically save a model ``state_dict`` with its checksum, fingerprint and ``meta``.
 
-    ``extra`` holds further objects to keep (optimizer and scheduler state for resuming).
+    ``extra`` holds further objects to keep (optimizer and scheduler state for resuming). The file is
+    serialised in memory first and written by Python: torch's own file writer reports a full disk
+    as ``basic_ios::clear: iostream error``, Python as "No space left on device" with the path.
     """
     cpu_state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     payload = {
@@ -56,7 +59,9 @@ def save_checkpoint(
         **dict(extra or {}),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        serialised = io.BytesIO()
+        torch.save(payload, serialised)
+        tmp.write_bytes(serialised.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike, *, expected_fingerprint: str | None = None) -> dict[str, Any]:

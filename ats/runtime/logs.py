@@ -2,7 +2,8 @@
 
 Snakemake does not redirect a script's output; each adapter script calls :func:`configure` with the
 rule's log path so that library code can simply use ``logging.getLogger(__name__)`` and
-:func:`progress`.
+:func:`progress`. An exception that ends the job is written to that log with its traceback, since
+Snakemake's error message sends the user there.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from types import TracebackType
 from typing import Iterable, Iterator, TextIO, TypeVar
 
 from tqdm import tqdm
@@ -32,7 +34,14 @@ def configure(log_path: str | os.PathLike | None = None, level: int = logging.IN
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught_exception
     log_runtime()  # host, SLURM_JOB_ID, CUDA_VISIBLE_DEVICES and threads in every job's log
+
+
+def _log_uncaught_exception(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    """Log the exception that ends the process, with its traceback, then report it as Python would."""
+    logging.getLogger("ats").critical("the job failed with %s", kind.__name__, exc_info=(kind, error, trace))
+    sys.__excepthook__(kind, error, trace)
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:

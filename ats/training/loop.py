@@ -44,7 +44,7 @@ from ats.runtime.logs import progress
 from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import seed_everything, torch_generator
 from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
-from ats.training.stages import StageError, check_stages, parse_stage, steps_per_epoch
+from ats.training.stages import StageError, check_stages, parse_stage, steps_per_epoch, training_images
 from ats.transforms.pipeline import Preprocessor, sample_draw
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def training_subset(num_train: int, fraction: float, seed: int) -> torch.Tensor:
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
-    keep = round(fraction * num_train)
+    keep = training_images(num_train, fraction)
     if keep < 1:
         raise ValueError(f"train_fraction {fraction} of {num_train} training images keeps no image")
     return torch.randperm(num_train, generator=torch_generator(seed, "subset"))[:keep].sort().values
@@ -329,6 +329,9 @@ def _prepare_run(
     retain_freed_host_memory()
     acceleration = _Acceleration.for_device(torch_device, amp, compile)
     data = load_dataset(dataset_h5)
+    if test_images is not None and test_images > len(data.test_labels):
+        raise ValueError(f"training.test_images: {test_images} is more than the {len(data.test_labels)} test "
+                         f"images of {dataset_h5}")
     mean, std = normalisation_constants(data.spec.name, normalisation)
     subset = training_subset(len(data.train_labels), train_fraction, seed).numpy()
     run = _Run(

@@ -60,6 +60,11 @@ def parse_stage(name: str) -> TrainingStage:
     return TrainingStage(name, match["unit"], int(match["count"]))  # type: ignore[arg-type]
 
 
+def training_images(train_size: int, fraction: float) -> int:
+    """Images of the seeded ``fraction`` subset of a ``train_size``-image training split (rounded)."""
+    return round(fraction * train_size)
+
+
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
     """Optimiser steps of one epoch: one per batch, the last one possibly partial."""
     return math.ceil(train_images / batch_size)
