@@ -38,6 +38,7 @@ from ats.runtime import atomic
 from ats.runtime.atomic import read_tsv, write_tsv
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
+from ats.runtime.provenance import provenance_path, read_verified_tsv, write_with_provenance
 from ats.search import accuracy, privacy, scoring
 from ats.search.eval_set import build_eval_set
 from ats.search.selection import select_policies
@@ -139,6 +140,55 @@ def test_flipped_bit_in_checkpoint_weights_is_reported(checkpoint_file: Path) ->
 def test_checkpoint_of_another_config_is_refused(checkpoint_file: Path) -> None:
     with pytest.raises(CacheError, match=rf"{checkpoint_file}: checkpoint made under a different configuration"):
         load_checkpoint(checkpoint_file, expected_fingerprint="config-b")
+
+
+def test_plain_state_dict_is_refused_where_a_fingerprint_is_expected(tmp_path: Path) -> None:
+    """A bare state_dict (say another defence's weights) has no origin; only an import may take it."""
+    plain = tmp_path / "model.pt"
+    torch.save({"weight": torch.arange(10, dtype=torch.float32)}, plain)
+    with pytest.raises(CacheError, match=rf"{plain}: a plain state_dict, not a checkpoint of this workflow"):
+        load_checkpoint(plain, expected_fingerprint=FINGERPRINT)
+    assert load_checkpoint(plain)["format"] == "state_dict"  # the import path: no fingerprint expected
+
+
+def test_every_refusal_names_the_file_and_the_command_that_recomputes_it(tmp_path: Path,
+                                                                          checkpoint_file: Path) -> None:
+    cache_file = tmp_path / "cache.h5"
+    write_h5(cache_file, {"x": np.arange(3)}, fingerprint=FINGERPRINT)
+    refusals = [lambda: read_h5(cache_file, expected_fingerprint="config-b"),
+                lambda: load_checkpoint(checkpoint_file, expected_fingerprint="config-b"),
+                lambda: read_h5(tmp_path / "missing.h5")]
+    for refuse in refusals:
+        with pytest.raises(CacheError) as caught:
+            refuse()
+        assert str(caught.value).endswith(f"; recompute it with: snakemake --forcerun {caught.value.path} "
+                                          "<your usual options>")
+
+
+@pytest.fixture
+def ranking_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ranking.tsv"
+    write_with_provenance(path, lambda target: write_tsv(target, ["policy", "score"], [["3-1-7", 0.25]]),
+                          fingerprint=FINGERPRINT)
+    return path
+
+
+def test_a_table_with_provenance_reads_back(ranking_file: Path) -> None:
+    assert read_verified_tsv(ranking_file, expected_fingerprint=FINGERPRINT) == [{"policy": "3-1-7", "score": "0.25"}]
+
+
+def test_an_edited_table_is_refused(ranking_file: Path) -> None:
+    ranking_file.write_text(ranking_file.read_text().replace("0.25", "0.05"))
+    with pytest.raises(CacheError, match=rf"{ranking_file}: content checksum mismatch \(edited or corrupted"):
+        read_verified_tsv(ranking_file, expected_fingerprint=FINGERPRINT)
+
+
+def test_a_table_of_another_config_or_without_record_is_refused(ranking_file: Path) -> None:
+    with pytest.raises(CacheError, match=rf"{ranking_file}: made under a different configuration"):
+        read_verified_tsv(ranking_file, expected_fingerprint="config-b")
+    provenance_path(ranking_file).unlink()
+    with pytest.raises(CacheError, match=rf"{ranking_file}: no readable provenance record"):
+        read_verified_tsv(ranking_file, expected_fingerprint=FINGERPRINT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,8 +491,9 @@ def _score(search_inputs: dict[str, Any], out_h5: Path, policies: list[str] = SC
 
 
 def _select(shards: list[Path], folder: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    select_policies(shard_paths=shards, ranking_tsv=folder / "ranking.tsv", selection_json=folder / "selection.json",
-                    rule="cvpr", alpha=0.7, threshold=-1e9, top_k=2, num_classes=10, seed=7)
+    select_policies(shard_paths=shards, shard_fingerprints=[FINGERPRINT] * len(shards), ranking_tsv=folder / "ranking.tsv",
+                    selection_json=folder / "selection.json", rule="cvpr", alpha=0.7, threshold=-1e9, top_k=2,
+                    num_classes=10, seed=7, fingerprint="selection")
     return read_tsv(folder / "ranking.tsv"), json.loads((folder / "selection.json").read_text())
 
 

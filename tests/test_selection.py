@@ -57,8 +57,9 @@ def write_shards(folder, groups: list[list[PolicyScores]]) -> list:
 
 def select(shards: list, folder, top_k: int = 2, threshold: float | None = None) -> tuple[list[dict], dict]:
     ranking, selection = folder / "ranking.tsv", folder / "selection.json"
-    select_policies(shard_paths=shards, ranking_tsv=ranking, selection_json=selection, rule="cvpr", alpha=0.7,
-                    threshold=threshold, top_k=top_k, num_classes=10, seed=7)
+    select_policies(shard_paths=shards, shard_fingerprints=["f"] * len(shards), ranking_tsv=ranking,
+                    selection_json=selection, rule="cvpr", alpha=0.7, threshold=threshold, top_k=top_k, num_classes=10,
+                    seed=7, fingerprint="selection")
     return read_tsv(ranking), json.loads(selection.read_text())
 
 

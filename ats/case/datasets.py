@@ -148,21 +148,21 @@ def load_dataset(path: str | os.PathLike, *, expected_dataset: str | None = None
     arrays, attrs = read_h5(path, expected_fingerprint=expected)
     name = attrs.get("dataset")
     if name not in DATASETS or attrs.get("fingerprint") != dataset_fingerprint(name):
-        raise CacheError(f"{path}: not a dataset file (dataset attribute {name!r})")
+        raise CacheError(path, f"not a dataset file (dataset attribute {name!r})")
     spec = dataset_spec(name)
     required = {"class_names"} | {f"{split}/{kind}" for split in SPLITS for kind in ("images", "labels")}
     missing = sorted(required - set(arrays))
     if missing:
-        raise CacheError(f"{path}: dataset file lacks {', '.join(missing)}")
+        raise CacheError(path, f"dataset file lacks {', '.join(missing)}")
     class_names = tuple(str(name) for name in arrays["class_names"])
     if class_names != spec.class_names:
-        raise CacheError(f"{path}: class names {class_names[:3]}... are not those of {spec.name}")
+        raise CacheError(path, f"class names {class_names[:3]}... are not those of {spec.name}")
     try:
         for split in SPLITS:
             _check_split(spec, arrays[f"{split}/images"], arrays[f"{split}/labels"],
                          f"{path}, {split} split")
     except DatasetFormatError as error:
-        raise CacheError(str(error)) from error
+        raise CacheError(path, f"invalid contents: {error}") from error
     return DatasetArrays(
         spec=spec,
         train_images=arrays["train/images"],

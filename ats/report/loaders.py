@@ -3,12 +3,14 @@
 The figure and summary functions of :mod:`ats.report` work on numpy arrays and dicts so they can be
 tested without files; this module is the one place that knows the result files' layouts (attack
 files from :mod:`ats.attack.run`, shard files from :mod:`ats.search.scoring`, the training
-history and metrics from :mod:`ats.training.loop`). Files are verified on reading.
+history and metrics from :mod:`ats.training.loop`). Files are verified on reading against the
+fingerprint the workflow expects for them: attack and shard files by their own attributes, the
+training history and metrics and ``ranking.tsv`` by their provenance records
+(:mod:`ats.runtime.provenance`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -17,8 +19,8 @@ import numpy as np
 
 from ats.defence.names import parse_defence
 from ats.policies import format_policy, parse_policy
-from ats.runtime.atomic import read_tsv
 from ats.runtime.hdf5 import read_h5
+from ats.runtime.provenance import read_verified_json, read_verified_tsv
 from ats.training.stages import FINAL
 
 ATTACK_METRICS = ("psnr", "ssim", "mse", "feature_mse")
@@ -28,13 +30,12 @@ ORIGINAL_METRICS = ("psnr_original", "ssim_original")
 PathLike = str | os.PathLike
 
 
-def load_accuracy(metrics_json: PathLike) -> float:
+def load_accuracy(metrics_json: PathLike, *, expected_fingerprint: str) -> float:
     """The final test accuracy (a fraction) recorded by a training job."""
-    with open(metrics_json) as handle:
-        return float(json.load(handle)["test_accuracy"])
+    return float(read_verified_json(metrics_json, expected_fingerprint=expected_fingerprint)["test_accuracy"])
 
 
-def load_attack_metrics(attack_h5: PathLike, *,
+def load_attack_metrics(attack_h5: PathLike, *, expected_fingerprint: str,
                         lpips: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """The per-image scores of one attack file, as :func:`ats.report.summary.summary_rows` takes them.
 
@@ -44,7 +45,7 @@ def load_attack_metrics(attack_h5: PathLike, *,
     ``lpips`` scorer (:class:`ats.attack.lpips.LpipsScorer`), ``lpips`` of each reconstruction to
     its shared image.
     """
-    arrays, attrs = read_h5(attack_h5)
+    arrays, attrs = read_h5(attack_h5, expected_fingerprint=expected_fingerprint)
     metrics: dict[str, Any] = {name: arrays[f"metrics/{name}"] for name in ATTACK_METRICS}
     metrics.update({name: arrays[f"metrics/{name}"] for name in ORIGINAL_METRICS if f"metrics/{name}" in arrays})
     metrics.update({name: values for name, values in arrays.items() if name.startswith(("chance/", "chance_original/"))})
@@ -56,9 +57,10 @@ def load_attack_metrics(attack_h5: PathLike, *,
     return metrics
 
 
-def load_reconstructions(attack_h5: PathLike, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_reconstructions(attack_h5: PathLike, count: int, *,
+                         expected_fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first ``count`` shared images, their reconstructions (both in [0, 1]) and PSNRs."""
-    arrays, _ = read_h5(attack_h5)
+    arrays, _ = read_h5(attack_h5, expected_fingerprint=expected_fingerprint)
     return (
         arrays["ground_truth"][:count],
         np.clip(arrays["reconstructions"][:count], 0.0, 1.0),
@@ -66,16 +68,17 @@ def load_reconstructions(attack_h5: PathLike, count: int) -> tuple[np.ndarray, n
     )
 
 
-def load_history(history_tsv: PathLike) -> dict[str, np.ndarray]:
+def load_history(history_tsv: PathLike, *, expected_fingerprint: str) -> dict[str, np.ndarray]:
     """A training history as one float array per column (empty cells become NaN)."""
-    rows = read_tsv(history_tsv)
+    rows = read_verified_tsv(history_tsv, expected_fingerprint=expected_fingerprint)
     return {
         column: np.array([float(row[column]) if row[column] not in ("", "nan") else math.nan for row in rows])
         for column in rows[0]
     }
 
 
-def load_curves(shard_paths: Sequence[PathLike], policies: Sequence[str]) -> dict[str, np.ndarray]:
+def load_curves(shard_paths: Sequence[PathLike], shard_fingerprints: Sequence[str],
+                policies: Sequence[str]) -> dict[str, np.ndarray]:
     """The (images × points) gradient-similarity curves of ``policies``, from the score shards.
 
     Policies absent from the shards are left out (the figure says which are missing).
@@ -83,11 +86,13 @@ def load_curves(shard_paths: Sequence[PathLike], policies: Sequence[str]) -> dic
     from ats.search.scoring import read_scores
 
     wanted = set(policies)
-    found = {score.policy: score.curves for score in read_scores(shard_paths) if score.policy in wanted}
+    found = {score.policy: score.curves for score in read_scores(shard_paths, shard_fingerprints)
+             if score.policy in wanted}
     return {policy: found[policy] for policy in policies if policy in found}
 
 
-def spri_psnr_points(summary: Sequence[Mapping[str, Any]], ranking_tsv: PathLike) -> list[dict[str, Any]]:
+def spri_psnr_points(summary: Sequence[Mapping[str, Any]], ranking_tsv: PathLike, *,
+                     ranking_fingerprint: str) -> list[dict[str, Any]]:
     """The S_pri of each trained policy defence, ``none`` and ``crop``, beside its attack PSNR.
 
     One entry per summary row of such a defence (every attack and stage), with the row's
@@ -100,8 +105,10 @@ def spri_psnr_points(summary: Sequence[Mapping[str, Any]], ranking_tsv: PathLike
       expected S_pri of the policy is the mean of its sub-policies' scores;
     * ``""``: no S_pri (``s_pri`` is NaN): ``crop``, whose crop-and-flip transform alone the search
       does not score, or a policy with an unscored sub-policy.
+
+    ``ranking_tsv`` is verified against ``ranking_fingerprint``.
     """
-    ranking = read_tsv(ranking_tsv)
+    ranking = read_verified_tsv(ranking_tsv, expected_fingerprint=ranking_fingerprint)
     scores = {row["policy"]: float(row["s_pri_mean"]) for row in ranking}
     entries = []
     for row in summary:

@@ -102,7 +102,12 @@ def write_tsv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
 
 def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
     """Read a table written by :func:`write_tsv` as a list of ``{column: text}`` rows."""
-    lines = Path(path).read_text().splitlines()
+    return parse_tsv(Path(path).read_text())
+
+
+def parse_tsv(text: str) -> list[dict[str, str]]:
+    """The rows of a table written by :func:`write_tsv`, from its text."""
+    lines = text.splitlines()
     if not lines:
         return []
     header = lines[0].split("\t")

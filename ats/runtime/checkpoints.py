@@ -4,7 +4,8 @@ Our checkpoints are ``torch.save`` dictionaries ``{"format": "ats-checkpoint", "
 "fingerprint", "state_dict_sha256", "meta", "state_dict"}``. :func:`load_state_dict` also accepts
 a plain ``state_dict`` or ``{"state_dict": ...}``/``{"model_state_dict": ...}`` as written by the
 original ATS code (for example the authors' released tiny-data ``100.pth``); such files carry no
-checksum, so they are only checked for loadability and key compatibility by the caller.
+checksum, so they are only checked for loadability and key compatibility by the caller, and only
+where no fingerprint is expected (``search.pretrain.checkpoint``, imported once into our format).
 """
 
 from __future__ import annotations
@@ -65,34 +66,37 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, *, expected_fingerprint: str | None = None) -> dict[str, Any]:
-    """Load and verify a checkpoint; plain ``state_dict`` files are wrapped without a checksum.
+    """Load and verify a checkpoint made under ``expected_fingerprint``.
 
-    Raises :class:`CacheError` naming ``path`` for missing, truncated, corrupted or foreign files.
+    Raises :class:`CacheError` naming ``path`` for missing, truncated, corrupted or foreign files. A
+    plain ``state_dict`` carries no fingerprint, so it is refused whenever one is expected; only
+    ``expected_fingerprint=None`` (importing a user's model, inspecting a file) wraps it, unchecked.
     """
     path = Path(path)
     if not path.exists():
-        raise CacheError(f"{path}: checkpoint does not exist")
+        raise CacheError(path, "checkpoint does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated/corrupt archives
-        raise CacheError(f"{path}: unreadable or truncated checkpoint ({error})") from error
+        raise CacheError(path, f"unreadable or truncated checkpoint ({error})") from error
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         if payload.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-            raise CacheError(f"{path}: checkpoint schema version {payload.get('schema_version')!r}, "
-                             f"expected {CHECKPOINT_SCHEMA_VERSION}")
+            raise CacheError(path, f"checkpoint schema version {payload.get('schema_version')!r}, "
+                                   f"expected {CHECKPOINT_SCHEMA_VERSION}")
         if state_dict_digest(payload["state_dict"]) != payload["state_dict_sha256"]:
-            raise CacheError(f"{path}: checkpoint checksum mismatch (corrupted file)")
+            raise CacheError(path, "checkpoint checksum mismatch (corrupted file)")
         if expected_fingerprint is not None and payload["fingerprint"] != expected_fingerprint:
-            raise CacheError(
-                f"{path}: checkpoint made under a different configuration "
-                f"(fingerprint {payload['fingerprint']!r}, expected {expected_fingerprint!r})"
-            )
+            raise CacheError(path, f"checkpoint made under a different configuration "
+                                   f"(fingerprint {payload['fingerprint']!r}, expected {expected_fingerprint!r})")
         return dict(payload)
     for key in ("state_dict", "model_state_dict"):
         if isinstance(payload, Mapping) and isinstance(payload.get(key), Mapping):
             payload = payload[key]
             break
     if not isinstance(payload, Mapping) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise CacheError(f"{path}: not a model state_dict or an ATS checkpoint")
+        raise CacheError(path, "not a model state_dict or an ATS checkpoint")
+    if expected_fingerprint is not None:
+        raise CacheError(path, f"a plain state_dict, not a checkpoint of this workflow: it has no fingerprint "
+                               f"(expected {expected_fingerprint!r}) or checksum, so its origin is unknown")
     state = {k.removeprefix("module."): v for k, v in payload.items()}
     return {"format": "state_dict", "fingerprint": None, "meta": {}, "state_dict": state}

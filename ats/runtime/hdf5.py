@@ -29,7 +29,26 @@ SCHEMA_VERSION = 1
 
 
 class CacheError(RuntimeError):
-    """A cache file is missing, unreadable, corrupted, or was made under a different config."""
+    """A result file is missing, unreadable, corrupted, or was made under a different config.
+
+    The message names the file, the problem and the command that recomputes the file
+    (:func:`recovery_command`); ``path`` and ``problem`` keep the parts.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}; recompute it with: {recovery_command(path)}")
+
+
+def recovery_command(path: str | os.PathLike) -> str:
+    """The command that recomputes ``path`` and everything made from it, whatever exists downstream.
+
+    Deleting a refused file is not enough: once the jobs that read it have finished (or failed and
+    had their outputs deleted, such as the selection checkpoint's), Snakemake may find nothing to do.
+    ``--forcerun <file>`` reruns the job that writes the file and every job downstream of it.
+    """
+    return f"snakemake --forcerun {path} <your usual options>"
 
 
 def content_digest(arrays: Mapping[str, np.ndarray]) -> str:
@@ -130,23 +149,19 @@ def read_h5(
     """
     path = Path(path)
     if not path.exists():
-        raise CacheError(f"{path}: cache file does not exist")
+        raise CacheError(path, "cache file does not exist")
     try:
         with h5py.File(path, "r") as handle:
             attrs = {key: _decode_attr(value) for key, value in handle.attrs.items()}
             arrays = _collect(handle)
     except (OSError, KeyError, ValueError) as error:
-        raise CacheError(f"{path}: unreadable or truncated HDF5 file ({error}); delete it and rerun") from error
+        raise CacheError(path, f"unreadable or truncated HDF5 file ({error})") from error
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise CacheError(
-            f"{path}: schema version {version!r}, expected {SCHEMA_VERSION}; delete it and rerun"
-        )
+        raise CacheError(path, f"schema version {version!r}, expected {SCHEMA_VERSION}")
     if expected_fingerprint is not None and attrs.get("fingerprint") != expected_fingerprint:
-        raise CacheError(
-            f"{path}: made under a different configuration (fingerprint {attrs.get('fingerprint')!r}, "
-            f"expected {expected_fingerprint!r}); delete it and rerun"
-        )
+        raise CacheError(path, f"made under a different configuration (fingerprint {attrs.get('fingerprint')!r}, "
+                               f"expected {expected_fingerprint!r})")
     if verify_content and content_digest(arrays) != attrs.get("content_sha256"):
-        raise CacheError(f"{path}: content checksum mismatch (corrupted file); delete it and rerun")
+        raise CacheError(path, "content checksum mismatch (corrupted file)")
     return arrays, attrs

@@ -164,5 +164,5 @@ def load_eval_set(path: str | os.PathLike, *, expected_fingerprint: str | None =
     arrays, attrs = read_h5(path, expected_fingerprint=expected_fingerprint)
     missing = sorted(set(_ARRAY_NAMES.values()) - set(arrays))
     if missing or "runs" not in attrs:
-        raise CacheError(f"{path}: not an evaluation-set file (lacks {', '.join(missing) or 'attribute runs'})")
+        raise CacheError(path, f"not an evaluation-set file (lacks {', '.join(missing) or 'attribute runs'})")
     return EvalSet(**{field: arrays[name] for field, name in _ARRAY_NAMES.items()}, attrs=attrs)

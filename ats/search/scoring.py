@@ -163,18 +163,22 @@ def write_scores(
     write_h5(path, arrays, attrs, fingerprint=fingerprint)
 
 
-def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
+def read_scores(paths: Sequence[str | os.PathLike],
+                expected_fingerprints: Sequence[str] | None = None) -> list[PolicyScores]:
     """Every policy of the shard files ``paths``, in file order then shard order.
 
-    Raises :class:`CacheError` naming a corrupted or foreign file, ``ValueError`` when a policy
-    appears in two shards of the same repeat.
+    ``expected_fingerprints`` (one per path; the workflow's stages always pass them) refuses a
+    shard made under another configuration. Raises :class:`CacheError` naming a corrupted or
+    foreign file, ``ValueError`` when a policy appears in two shards of the same repeat.
     """
+    if expected_fingerprints is None:
+        expected_fingerprints = [None] * len(paths)
     scores: list[PolicyScores] = []
     seen: dict[tuple[int, str], str] = {}
-    for path in paths:
-        arrays, _ = read_h5(path)
+    for path, expected_fingerprint in zip(paths, expected_fingerprints, strict=True):
+        arrays, _ = read_h5(path, expected_fingerprint=expected_fingerprint)
         if any(name not in arrays for name in ("repeat", "policies", "privacy/classes")):
-            raise CacheError(f"{path}: not a score shard (no 'repeat', 'policies' or 'privacy/classes')")
+            raise CacheError(path, "not a score shard (no 'repeat', 'policies' or 'privacy/classes')")
         repeat = int(arrays["repeat"])
         for position, policy in enumerate(arrays["policies"]):
             policy = str(policy)
@@ -191,7 +195,7 @@ def read_scores(paths: Sequence[str | os.PathLike]) -> list[PolicyScores]:
                     repeat=repeat,
                 ))
             except KeyError as error:
-                raise CacheError(f"{path}: score shard lacks {error} of policy {policy!r}") from error
+                raise CacheError(path, f"score shard lacks {error} of policy {policy!r}") from error
     return scores
 
 
@@ -242,8 +246,8 @@ def score_shard(
     eval_set = load_eval_set(eval_set_h5, expected_fingerprint=eval_set_fingerprint)
     if eval_set.attrs.get("dataset") != spec.name or not np.array_equal(
             dataset.test_labels[eval_set.privacy_indices], eval_set.privacy_labels):
-        raise CacheError(f"{eval_set_h5}: evaluation images were not cut from the dataset file {dataset_h5} "
-                         f"({eval_set.attrs.get('dataset')!r} vs {spec.name!r}); rebuild the evaluation set")
+        raise CacheError(eval_set_h5, f"evaluation images were not cut from the dataset file {dataset_h5} "
+                                      f"({eval_set.attrs.get('dataset')!r} vs {spec.name!r})")
     image_size = eval_set.privacy_images.shape[1]
 
     torch_device = resolve_device(device)

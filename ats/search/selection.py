@@ -47,6 +47,7 @@ from scipy import stats as scipy_stats
 
 from ats.policies import describe_policy, parse_policy
 from ats.runtime.atomic import write_json, write_tsv
+from ats.runtime.provenance import write_with_provenance
 from ats.runtime.seeding import derive_seed
 from ats.search.scoring import STATUS_NONFINITE, STATUS_OK, PolicyScores, read_scores
 from ats.stats import CONFIDENCE_LEVEL, Estimate, mean_interval, paired_difference
@@ -357,6 +358,7 @@ def describe_uncertainty(selection: Mapping[str, Any]) -> list[str]:
 def select_policies(
     *,
     shard_paths: Sequence[str | os.PathLike],
+    shard_fingerprints: Sequence[str],
     ranking_tsv: str | os.PathLike,
     selection_json: str | os.PathLike,
     rule: str,
@@ -365,15 +367,18 @@ def select_policies(
     top_k: int,
     num_classes: int,
     seed: int,
+    fingerprint: str,
 ) -> None:
     """Stage function: gather the shards of every repeat, write ``ranking.tsv`` and ``selection.json`` atomically.
 
     ``threshold`` ``None`` means :func:`default_accuracy_threshold` of ``num_classes``. ``seed`` (the
-    master seed) seeds the bootstrap intervals.
+    master seed) seeds the bootstrap intervals. Each shard must carry its entry of
+    ``shard_fingerprints``; both outputs get a provenance record under ``fingerprint``
+    (:mod:`ats.runtime.provenance`), which their readers check.
     """
     threshold_source = "config" if threshold is not None else "default"
     threshold = float(threshold) if threshold is not None else default_accuracy_threshold(num_classes)
-    repeats = split_repeats(read_scores(shard_paths))
+    repeats = split_repeats(read_scores(shard_paths, shard_fingerprints))
     scores = average_repeats(repeats)
     ranked = with_spri_intervals(rank_policies(scores, rule, alpha, threshold=threshold), scores, seed=seed)
     choice = choose_policies(ranked, top_k)
@@ -381,7 +386,8 @@ def select_policies(
                                   top_k)
     versus_reference = compare_with_reference([*choice["top_k"], *choice["hybrid_members"]], ranked, scores,
                                               seed=seed)
-    write_tsv(ranking_tsv, RANKING_COLUMNS, [entry.row() for entry in ranked])
+    write_with_provenance(ranking_tsv, lambda path: write_tsv(path, RANKING_COLUMNS, [entry.row() for entry in ranked]),
+                          fingerprint=fingerprint)
     reference = next((entry for entry in ranked if entry.policy == REFERENCE_POLICY), None)
     summary = {
         **choice,
@@ -401,7 +407,7 @@ def select_policies(
         "ranking_agreement": agreement,
         "versus_reference": versus_reference,
     }
-    write_json(selection_json, summary)
+    write_with_provenance(selection_json, lambda path: write_json(path, summary), fingerprint=fingerprint)
     if len(choice["top_k"]) < top_k:
         _log.warning("only %d of the requested top_k=%d policies pass the S_acc threshold %.3f",
                      len(choice["top_k"]), top_k, threshold)

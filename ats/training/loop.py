@@ -40,8 +40,10 @@ from ats.runtime.atomic import write_json, write_tsv
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.device import resolve_device
 from ats.runtime.fingerprint import fingerprint as fingerprint_of
+from ats.runtime.hdf5 import CacheError
 from ats.runtime.logs import progress
 from ats.runtime.memory import retain_freed_host_memory
+from ats.runtime.provenance import write_with_provenance
 from ats.runtime.seeding import seed_everything, torch_generator
 from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
 from ats.training.stages import StageError, check_stages, parse_stage, steps_per_epoch, training_images
@@ -526,8 +528,10 @@ def _write_outputs(
                                           "test_accuracy", "optimizer_steps")}
     save_checkpoint(out_checkpoint, run.model.state_dict(), fingerprint=fingerprint,
                     meta={**meta, "num_classes": num_classes, "channels": channels})
-    write_tsv(out_history_tsv, HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in run.history])
-    write_json(out_metrics_json, metrics)
+    history_rows = [[row[c] for c in HISTORY_COLUMNS] for row in run.history]
+    write_with_provenance(out_history_tsv, lambda path: write_tsv(path, HISTORY_COLUMNS, history_rows),
+                          fingerprint=fingerprint)
+    write_with_provenance(out_metrics_json, lambda path: write_json(path, metrics), fingerprint=fingerprint)
     logger.info("final test accuracy %.4f (loss %.4f) after %d epochs", last["test_accuracy"],
                 last["test_loss"], run.epochs)
     return metrics
@@ -548,7 +552,10 @@ def import_checkpoint(
     of our checkpoints; the tensors must fit ``build_model(arch, num_classes, channels)`` exactly,
     since a partially loaded search model would silently bias every privacy score.
     """
-    model = load_model(source_path, arch, num_classes, channels)
+    try:
+        model = load_model(source_path, arch, num_classes, channels)
+    except CacheError as error:  # the user's file: no workflow job can recompute it
+        raise ValueError(f"search.pretrain.checkpoint {source_path}: {error.problem}") from error
     save_checkpoint(out_checkpoint, model.state_dict(), fingerprint=fingerprint, meta={
         "arch": arch, "num_classes": num_classes, "channels": channels, "defence": "imported",
         "source": str(source_path),

@@ -3,8 +3,8 @@
 # Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
 # modules ats.config, ats.policies, ats.case.normalisation and ats.runtime.fingerprint.
 
-import json
 import math
+from types import SimpleNamespace
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
@@ -14,6 +14,7 @@ from ats.case.normalisation import dataset_spec
 from ats.config import ConfigError, check_config, describe_schema_error
 from ats.policies import candidate_policies
 from ats.runtime.fingerprint import fingerprint
+from ats.runtime.provenance import read_verified_json
 from ats.training.stages import FINAL, STAGE_PATTERN
 
 
@@ -93,6 +94,27 @@ def get_shard_fingerprint(wildcards):
     )
 
 
+def get_shard_fingerprints(wildcards=None, repeats=None):
+    """The fingerprints of get_shard_files(repeats=repeats), in the same order."""
+    return [
+        get_shard_fingerprint(SimpleNamespace(repeat=repeat, shard=shard))
+        for repeat in (get_repeats() if repeats is None else repeats)
+        for shard in get_shards()
+    ]
+
+
+def get_selection_fingerprint(wildcards=None):
+    """ranking.tsv and selection.json: the shards they rank and the selection settings."""
+    return fingerprint(
+        {
+            "shards": get_shard_fingerprints(),
+            "selection": SEARCH["selection"],
+            "num_classes": NUM_CLASSES,
+            "seed": config["seed"],
+        }
+    )
+
+
 def get_training_settings():
     """Training settings shared by every defence (the defence itself is a wildcard)."""
     keys = ("epochs", "batch_size", "train_fraction", "eval_every", "test_images", "amp", "compile")
@@ -132,6 +154,16 @@ def get_attack_fingerprint(wildcards):
             "settings": get_attack_settings(),
         }
     )
+
+
+def get_attack_fingerprints(wildcards=None):
+    """The fingerprints of get_attack_files(), in the same order, for the jobs that read them."""
+    return [
+        get_attack_fingerprint(SimpleNamespace(defence=defence, stage=stage, attack=attack))
+        for defence in get_defences()
+        for stage in get_stages()
+        for attack in get_attacks()
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +215,10 @@ def get_first_repeat_shard_files(wildcards=None):
     return get_shard_files(repeats=[0])
 
 
+def get_first_repeat_shard_fingerprints(wildcards=None):
+    return get_shard_fingerprints(repeats=[0])
+
+
 def get_search_model():
     return "results/search/pretrained/model.pt"
 
@@ -196,8 +232,7 @@ def get_chosen_policies(wildcards=None):
     if not SEARCH_ENABLED:
         return list(SEARCH["pinned_policies"])
     selection_file = checkpoints.select_policies.get().output.selection
-    with open(selection_file) as handle:
-        selection = json.load(handle)
+    selection = read_verified_json(selection_file, expected_fingerprint=get_selection_fingerprint())
     chosen = list(selection["top_k"])
     if selection.get("hybrid"):
         chosen.append(selection["hybrid"])
@@ -225,6 +260,11 @@ def get_train_metrics(wildcards=None):
 
 def get_train_histories(wildcards=None):
     return expand("results/train/{defence}/history.tsv", defence=get_defences())
+
+
+def get_train_fingerprints(wildcards=None):
+    """The fingerprints of get_train_metrics() and get_train_histories(), in the same order."""
+    return [get_train_fingerprint(SimpleNamespace(defence=defence)) for defence in get_defences()]
 
 
 def get_stages():

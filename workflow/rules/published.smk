@@ -16,6 +16,7 @@ rule compare_published:
         ),
     params:
         setting=config["report"]["published_setting"],
+        selection_fingerprint=get_selection_fingerprint,
         dataset=config["dataset"]["name"],
         arch=config["model"]["arch"],
     log:

@@ -18,6 +18,8 @@ rule summarize:
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
+        attack_fingerprints=get_attack_fingerprints,
+        train_fingerprints=get_train_fingerprints,
         seed=config["seed"],
         lpips_backbone=config["report"]["lpips_backbone"],
     log:
@@ -42,6 +44,7 @@ rule plot_reconstructions:
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
+        attack_fingerprints=get_attack_fingerprints,
         grid_images=config["report"]["grid_images"],
     log:
         "results/logs/plot_reconstructions.log",
@@ -65,6 +68,7 @@ rule plot_psnr_distributions:
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
+        attack_fingerprints=get_attack_fingerprints,
     log:
         "results/logs/plot_psnr_distributions.log",
     threads: 1
@@ -102,6 +106,8 @@ rule plot_spri_vs_psnr:
             subcategory="Figures",
             labels={"figure": "does S_pri predict the attack?"},
         ),
+    params:
+        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_spri_vs_psnr.log",
     threads: 1

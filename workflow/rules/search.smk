@@ -152,6 +152,8 @@ checkpoint select_policies:
         top_k=SEARCH["selection"]["top_k"],
         num_classes=NUM_CLASSES,
         seed=config["seed"],
+        shard_fingerprints=get_shard_fingerprints,
+        fingerprint=get_selection_fingerprint,
     log:
         "results/logs/select_policies.log",
     threads: 1
@@ -170,6 +172,8 @@ rule plot_spri_vs_sacc:
             category="Search",
             labels={"figure": "S_pri against S_acc"},
         ),
+    params:
+        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_spri_vs_sacc.log",
     threads: 1
@@ -188,6 +192,9 @@ rule plot_gradsim_curves:
             category="Search",
             labels={"figure": "gradient similarity along the path"},
         ),
+    params:
+        shard_fingerprints=get_first_repeat_shard_fingerprints,
+        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_gradsim_curves.log",
     threads: 1
@@ -205,6 +212,8 @@ rule plot_per_op_spri:
             category="Search",
             labels={"figure": "S_pri per single op"},
         ),
+    params:
+        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_per_op_spri.log",
     threads: 1

@@ -1,12 +1,32 @@
 # Stage 4: full training of every defence: the baselines, the chosen policies and their hybrid,
 # and the gradient defences. Each job resumes from its last finished epoch after a kill.
+#
+# Models are not protected(): Snakemake refuses to replace a write-protected output, and for
+# anyone but root that stopped every rerun a config change needs. What keeps a model from being
+# used wrongly instead: it is replaced only atomically, by its own job, and every job that reads it
+# checks its fingerprint and checksum (docs/robustness.md).
+
+import os
+import stat
+from pathlib import Path
+
+
+def _unprotect_models_of_earlier_versions():
+    """Earlier versions wrote models read-only; give their owner write access back, once."""
+    for model in Path("results/train").glob("*/model.pt"):
+        mode = model.stat().st_mode
+        if not mode & stat.S_IWUSR and model.stat().st_uid == os.getuid():
+            model.chmod(mode | stat.S_IWUSR)
+
+
+_unprotect_models_of_earlier_versions()
 
 
 rule train_defence:
     input:
         dataset=get_dataset_file(),
     output:
-        model=protected("results/train/{defence}/model.pt"),
+        model="results/train/{defence}/model.pt",
         history="results/train/{defence}/history.tsv",
         metrics="results/train/{defence}/metrics.json",
     params:
@@ -82,6 +102,7 @@ rule plot_training_curves:
         ),
     params:
         defences=get_defences,
+        train_fingerprints=get_train_fingerprints,
     log:
         "results/logs/plot_training_curves.log",
     threads: 1

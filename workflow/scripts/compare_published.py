@@ -16,7 +16,9 @@ attacks = list(dict.fromkeys(row["attack"] for row in final))
 attack = CORRELATION_ATTACK if CORRELATION_ATTACK in attacks else (attacks[0] if attacks else None)
 correlation = None
 if snakemake.input.ranking and attack is not None:
-    points = [point for point in spri_psnr_points(final, snakemake.input.ranking) if point["attack"] == attack]
+    points = [point for point in spri_psnr_points(final, snakemake.input.ranking,
+                                                  ranking_fingerprint=snakemake.params.selection_fingerprint)
+              if point["attack"] == attack]
     correlation = correlations([point["s_pri"] for point in points], [point["psnr_mean"] for point in points])
 
 rows = comparison_rows(

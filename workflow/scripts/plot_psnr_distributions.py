@@ -16,10 +16,11 @@ def label(defence, stage, attack):
     return f"{defence} @ {stage}" + (f" / {attack}" if len(params.attacks) > 1 else "")
 
 
-# The attack files come in the order of product(defences, stages, attacks) (get_attack_files).
+# The attack files and their fingerprints come in the order of product(defences, stages, attacks).
 psnr = {
-    label(*key): load_attack_metrics(path)["psnr"]
-    for key, path in zip(product(params.defences, params.stages, params.attacks), snakemake.input.attacks, strict=True)
+    label(*key): load_attack_metrics(path, expected_fingerprint=expected)["psnr"]
+    for key, path, expected in zip(product(params.defences, params.stages, params.attacks), snakemake.input.attacks,
+                                   params.attack_fingerprints, strict=True)
 }
 chance = {label(row["defence"], row["stage"], row["attack"]): row["psnr_chance"]
           for row in read_summary(snakemake.input.summary)}

@@ -9,7 +9,9 @@ configure(snakemake.log[0])
 
 summary = read_summary(snakemake.input.summary)
 if snakemake.input.ranking:
-    points, note = spri_psnr_points(summary, snakemake.input.ranking), None
+    points = spri_psnr_points(summary, snakemake.input.ranking,
+                              ranking_fingerprint=snakemake.params.selection_fingerprint)
+    note = None
 else:
     points, note = [], "The search was skipped (pinned policies), so there are no S_pri values."
 plot_spri_vs_psnr(snakemake.output[0], points, note=note)

@@ -9,6 +9,7 @@ from ats.search.selection import select_policies  # noqa: E402
 params = snakemake.params
 select_policies(
     shard_paths=list(snakemake.input.shards),
+    shard_fingerprints=params.shard_fingerprints,
     ranking_tsv=snakemake.output.ranking,
     selection_json=snakemake.output.selection,
     rule=params.rule,
@@ -17,4 +18,5 @@ select_policies(
     top_k=params.top_k,
     num_classes=params.num_classes,
     seed=params.seed,
+    fingerprint=params.fingerprint,
 )

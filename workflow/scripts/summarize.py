@@ -15,15 +15,16 @@ skipped = lpips_unavailable_reason(params.lpips_backbone)
 if skipped:
     logging.getLogger("summarize").warning("LPIPS skipped: %s", skipped)
 lpips = None if skipped else LpipsScorer(params.lpips_backbone)
-# The attack files come in the order of product(defences, stages, attacks) (get_attack_files).
+# The attack files and their fingerprints come in the order of product(defences, stages, attacks).
 records = [
-    {**load_attack_metrics(path, lpips=lpips), "defence": defence, "stage": stage, "attack": attack}
-    for (defence, stage, attack), path in zip(
-        product(params.defences, params.stages, params.attacks), snakemake.input.attacks, strict=True
+    {**load_attack_metrics(path, expected_fingerprint=expected, lpips=lpips), "defence": defence, "stage": stage, "attack": attack}
+    for (defence, stage, attack), path, expected in zip(
+        product(params.defences, params.stages, params.attacks), snakemake.input.attacks,
+        params.attack_fingerprints, strict=True,
     )
 ]
 accuracy = {
-    defence: load_accuracy(path)
-    for defence, path in zip(params.defences, snakemake.input.metrics, strict=True)
+    defence: load_accuracy(path, expected_fingerprint=expected)
+    for defence, path, expected in zip(params.defences, snakemake.input.metrics, params.train_fingerprints, strict=True)
 }
 write_summary(snakemake.output[0], summary_rows(records, accuracy, seed=params.seed))
