@@ -1,9 +1,10 @@
 """Checks of a workflow config beyond its JSON schema, and readable messages for schema errors.
 
 The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges and fills in
-defaults; what it cannot express (the policy grammar, defence names, ResNet depths, files that must
-exist) is checked here. Both run when the workflow is parsed, before any job starts, and every
-message names the offending key. Torch-free: ``common.smk`` imports this on every job start.
+defaults; what it cannot express (the policy grammar, defence names, ResNet depths, users' model
+classes, files that must exist) is checked here. Both run when the workflow is parsed, before any
+job starts, and every message names the offending key. Torch-free: ``common.smk`` imports this on
+every job start (only a config naming a ``model.class`` imports torch, with the user's module).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Hashable, Mapping
 
 import yaml
 
-from ats.case.architectures import parse_arch
+from ats.case.architectures import model_choice, parse_arch
 from ats.case.normalisation import dataset_spec
 from ats.defence.names import DefenceError, parse_defence
 from ats.policies import DISTINCT_CANDIDATES, PolicyError, parse_policy
@@ -164,10 +165,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                     f"{name!r} is not a gradient defence "
                     "(allowed: prune-<percent>, gauss-<sigma>, laplace-<scale>)",
                 )
-    try:
-        parse_arch(config["model"]["arch"])
-    except ValueError as error:
-        raise ConfigError("model.arch", str(error)) from None
+    _check_model(config)
     _check_training_stages(config)
     _check_dataset_ranges(config)
     _check_something_to_choose(config)
@@ -175,6 +173,38 @@ def check_config(config: Mapping[str, Any]) -> None:
     checkpoint_path = config["search"]["pretrain"]["checkpoint"]
     if checkpoint_path and not os.path.exists(checkpoint_path):
         raise ConfigError("search.pretrain.checkpoint", f"{checkpoint_path!r} does not exist")
+
+
+def _check_model(config: Mapping[str, Any]) -> None:
+    """``model.arch`` must parse, or ``model.class`` import as a ``torch.nn.Module`` that takes ``model.kwargs``."""
+    model = config["model"]
+    if not model.get("class"):
+        if model.get("kwargs"):
+            raise ConfigError("model.kwargs", "applies to model.class only; our architectures (model.arch) take none")
+        try:
+            parse_arch(model["arch"])
+        except ValueError as error:
+            raise ConfigError("model.arch", str(error)) from None
+        return
+    from ats.case.models import custom_model_arguments, resolve_model_class
+
+    try:
+        resolve_model_class(model["class"])
+    except ValueError as error:
+        raise ConfigError("model.class", str(error)) from None
+    spec = dataset_spec(config["dataset"]["name"])
+    try:
+        custom_model_arguments(model_choice(model), spec.num_classes, spec.channels)
+    except ValueError as error:
+        raise ConfigError("model.kwargs", str(error)) from None
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of the dotted ``key`` (``"attack.batch_size"``), for entry points besides the workflow."""
+    node: Mapping[str, Any] = _config_schema()
+    for part in key.split("."):
+        node = node["properties"][part]
+    return node["default"]
 
 
 def _check_training_stages(config: Mapping[str, Any]) -> None:

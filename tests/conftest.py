@@ -111,19 +111,26 @@ def tiny_dataset_h5(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
     The file goes through :func:`ats.case.datasets.build_dataset_file`, so it has exactly the
     layout and checksums of a real one; train and test hold ``per_class`` images of every class.
     """
-    from ats.case.datasets import build_dataset_file
-
     def make(dataset: str = "cifar10", per_class: int = 1) -> Path:
-        root = tmp_path_factory.mktemp(f"raw-{dataset}")
-        if dataset == "fashion-mnist":
-            write_fashion_mnist_folder(root, per_class)
-        else:
-            write_cifar_folder(root, dataset, per_class)
-        out_path = root / f"{dataset}.h5"
-        build_dataset_file(dataset, out_path, source_dir=str(root), download=False)
-        return out_path
+        return tiny_dataset_file(tmp_path_factory.mktemp(f"raw-{dataset}"), dataset, per_class)
 
     return make
+
+
+def tiny_dataset_file(root: Path, dataset: str = "cifar10", per_class: int = 1) -> Path:
+    """Write tiny raw files of ``dataset`` into ``root`` and build ``root/{dataset}.h5`` from them.
+
+    The function behind :func:`tiny_dataset_h5`, for fixtures of a wider scope.
+    """
+    from ats.case.datasets import build_dataset_file
+
+    if dataset == "fashion-mnist":
+        write_fashion_mnist_folder(root, per_class)
+    else:
+        write_cifar_folder(root, dataset, per_class)
+    out_path = root / f"{dataset}.h5"
+    build_dataset_file(dataset, out_path, source_dir=str(root), download=False)
+    return out_path
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ats.attack.chance import chance_metrics, registered_chance_metrics, uninformed_guesses
-from ats.attack.configs import get_attack
+from ats.attack.configs import AttackConfig, get_attack
 from ats.attack.labels import recover_labels
 from ats.attack.metrics import feature_mse, mse, psnr, ssim
 from ats.attack.reconstruct import eval_mode, initial_images, observed_gradients, reconstruct
@@ -91,7 +91,7 @@ def attack_stage(
     draw: Any,
     defence: GradientDefence | None,
     defend_observed_gradient: bool,
-    attack_name: str,
+    attack_name: str | AttackConfig,
     iterations: int | None,
     batch_size: int,
     label_recovery: bool,
@@ -110,8 +110,9 @@ def attack_stage(
     ``images_uint8``/``labels``/``target_indices``: the targets (``N×H×W×C``, ``(N,)``, ``(N,)``).
     ``preprocessor(images, augmentation_mode, policy, draw)``: the normalised model inputs.
     ``defence``: the model's gradient defence, applied to the shared gradients only when
-    ``defend_observed_gradient`` (a no-op without a gradient defence). ``iterations`` overrides the
-    attack's budget. ``device``: a resolved torch device (not ``"auto"``). ``train_mean``: the
+    ``defend_observed_gradient`` (a no-op without a gradient defence). ``attack_name`` names an attack
+    of :mod:`ats.attack.configs` or is an :class:`AttackConfig` of one's own. ``iterations`` overrides
+    the attack's budget. ``device``: a resolved torch device (not ``"auto"``). ``train_mean``: the
     training split's mean image ``(C, H, W)`` in [0, 1] as the defence shares its images, one of the
     chance guesses (:mod:`ats.attack.chance`); ``train_mean_original`` the same in the frame of the
     untransformed images, for the chance levels of the registered scores. ``stage`` and
@@ -127,7 +128,8 @@ def attack_stage(
     attacks' ``untransformed_reconstructions`` and ``learned_draw/*``), listed in docs/attacks.md.
     """
     _check_targets(images_uint8, labels, target_indices, batch_size)
-    config = get_attack(attack_name, iterations)
+    config = attack_name if isinstance(attack_name, AttackConfig) else get_attack(attack_name)
+    config = config if iterations is None else config.with_iterations(iterations)
     if str(device) == "auto":
         raise ValueError("device 'auto' must be resolved first (ats.runtime.device.resolve_device)")
     device = torch.device(device)

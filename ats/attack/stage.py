@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 from ats.attack.chance import training_mean_image
+from ats.attack.configs import AttackConfig
 from ats.attack.run import attack_stage
-from ats.case.datasets import load_dataset
+from ats.case.architectures import ModelChoice
+from ats.case.datasets import DatasetArrays, load_dataset
 from ats.case.models import load_model_with_meta
 from ats.case.normalisation import normalisation_constants
 from ats.defence.gradient import GradientDefence
@@ -42,10 +47,10 @@ def attack_defence(
     dataset_h5: str | os.PathLike,
     checkpoint: str | os.PathLike,
     model_fingerprint: str | None,
-    arch: str,
+    arch: ModelChoice,
     defence: str,
     stage: str,
-    attack: str,
+    attack: str | AttackConfig,
     first_target: int,
     num_targets: int,
     iterations: int | None,
@@ -65,27 +70,63 @@ def attack_defence(
     model or a snapshot. ``model_fingerprint`` is the fingerprint it must carry, so that a model of
     another configuration, defence or stage is refused rather than attacked.
     """
-    spec = parse_defence(defence)
+    parse_defence(defence)
     data = load_dataset(dataset_h5)
-    last = first_target + num_targets
-    if last > len(data.test_labels):
-        raise ValueError(
-            f"attack targets {first_target}..{last - 1} exceed the {len(data.test_labels)} test images "
-            f"of {data.spec.name}; lower attack.first_target or attack.num_targets"
-        )
     seed_everything(seed)
     torch_device = resolve_device(device)
     retain_freed_host_memory()
     model, meta = load_model_with_meta(checkpoint, arch, data.spec.num_classes, data.spec.channels,
                                        expected_fingerprint=model_fingerprint)
-    model = model.to(torch_device)
     if meta.get("stage", FINAL) != stage:
         raise ValueError(f"{checkpoint}: holds the model of training stage {meta.get('stage', FINAL)!r}, "
                          f"not {stage!r}")
+    attack_images(
+        model=model, data=data, target_indices=np.arange(first_target, first_target + num_targets),
+        defence=defence, attack=attack, iterations=iterations, batch_size=batch_size,
+        transformed_target=transformed_target, defend_observed_gradient=defend_observed_gradient,
+        label_recovery=label_recovery, seed=seed, device=torch_device, normalisation=normalisation, stage=stage,
+        training_step=int(meta.get("optimizer_steps", -1)), out_h5=out_h5, fingerprint=fingerprint,
+    )
+
+
+def attack_images(
+    *,
+    model: nn.Module,
+    data: DatasetArrays,
+    target_indices: Sequence[int] | np.ndarray,
+    defence: str,
+    attack: str | AttackConfig,
+    iterations: int | None,
+    batch_size: int,
+    transformed_target: bool,
+    defend_observed_gradient: bool,
+    label_recovery: bool,
+    seed: int,
+    device: str | torch.device,
+    normalisation: str,
+    stage: str = FINAL,
+    training_step: int = -1,
+    out_h5: str | os.PathLike,
+    fingerprint: str,
+) -> None:
+    """Attack the test images ``target_indices`` of ``data`` on a loaded ``model`` trained under ``defence``.
+
+    The work of :func:`attack_defence` once its inputs are loaded, for callers that hold the model
+    and the data in memory (:mod:`ats.api`). ``device`` must be resolved (not ``"auto"``);
+    ``stage`` and ``training_step`` are recorded in the attack file.
+    """
+    spec = parse_defence(defence)
+    indices = np.asarray(target_indices, dtype=np.int64)
+    if indices.ndim != 1 or not len(indices) or indices.min() < 0 or indices.max() >= len(data.test_labels):
+        raise ValueError(
+            f"attack targets {indices.tolist()[:8]} must be indices of the {len(data.test_labels)} test images "
+            f"of {data.spec.name}; lower attack.first_target or attack.num_targets"
+        )
+    torch_device = torch.device(device)
+    model = model.to(torch_device)
     mean, std = normalisation_constants(data.spec.name, normalisation)
     preprocessor = Preprocessor(data.spec.channels, mean, std, device=torch_device)
 
-    indices = np.arange(first_target, last)
     shares_transformed_image = transformed_target and spec.kind == "policy"
     policy = parse_policy(spec.policy) if shares_transformed_image else ()
     mode = "policy" if shares_transformed_image else "plain"
@@ -106,7 +147,7 @@ def attack_defence(
             batch, "crop", (), centred_draw(len(batch), image_size=data.spec.native_size)))
     logger.info(
         "attacking %d test images of defence %s with %s (%s preprocessing, observed gradient %s)",
-        len(indices), defence, attack, mode,
+        len(indices), defence, attack.name if isinstance(attack, AttackConfig) else attack, mode,
         "defended" if defend_observed_gradient and spec.acts_on_gradient else "clean",
     )
     attack_stage(
@@ -129,7 +170,7 @@ def attack_defence(
         train_mean=train_mean,
         train_mean_original=train_mean_original,
         stage=stage,
-        training_step=int(meta.get("optimizer_steps", -1)),
+        training_step=training_step,
         out_h5=out_h5,
         fingerprint=fingerprint,
     )

@@ -17,31 +17,91 @@ this module depends on torch only.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from collections import OrderedDict
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ats.case.architectures import parse_arch
+from ats.case.architectures import CustomModel, ModelChoice, parse_arch, parse_class_path
 from ats.runtime.checkpoints import load_checkpoint
 
-def build_model(arch: str, num_classes: int, num_channels: int) -> nn.Module:
+INPUT_SIZE = 32  # every model sees the transform pipeline's 32×32 images
+
+
+def build_model(arch: ModelChoice, num_classes: int, num_channels: int) -> nn.Module:
     """Build a freshly initialised model (initial weights come from torch's global generator).
 
-    ``num_channels`` is the number of input channels (3 for CIFAR, 1 for Fashion-MNIST); inputs
-    are 32×32 (the ConvNet's linear layer assumes it; the ResNet pools globally).
+    ``arch`` is one of our architecture names or a user's :class:`CustomModel`. ``num_channels``
+    is the number of input channels (3 for CIFAR, 1 for Fashion-MNIST); inputs are 32×32 (the
+    ConvNet's linear layer assumes it; the ResNet pools globally).
     """
-    architecture = parse_arch(arch)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if num_channels < 1:
         raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+    if isinstance(arch, CustomModel):
+        return _build_custom_model(arch, num_classes, num_channels)
+    architecture = parse_arch(arch)
     if architecture.family == "ResNet":
         assert architecture.blocks_per_stage is not None
         return ResNet(architecture.blocks_per_stage, architecture.width, num_classes, num_channels)
     return ConvNet(architecture.width, num_classes, num_channels)
+
+
+def resolve_model_class(class_path: str) -> type[nn.Module]:
+    """Import the class ``"package.module:Class"``; ``ValueError`` unless it is a ``torch.nn.Module`` subclass.
+
+    The module must be importable by the jobs: installed, or on ``PYTHONPATH``.
+    """
+    module_name, attribute = parse_class_path(class_path)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"model class {class_path!r}: cannot import module {module_name!r} ({error}); "
+                         "install it or put its folder on PYTHONPATH") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"model class {class_path!r}: {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not (inspect.isclass(target) and issubclass(target, nn.Module)):
+        raise ValueError(f"model class {class_path!r} is {target!r}, not a torch.nn.Module subclass")
+    return target
+
+
+def custom_model_arguments(model: CustomModel, num_classes: int, num_channels: int) -> dict[str, Any]:
+    """The keyword arguments the class of ``model`` is called with; ``ValueError`` if its constructor refuses them.
+
+    ``num_classes`` and ``num_channels`` are added for each of the two that the constructor names.
+    """
+    model_class = resolve_model_class(model.class_path)
+    parameters = inspect.signature(model_class).parameters
+    arguments = dict(model.kwargs)
+    arguments.update({name: value for name, value in (("num_classes", num_classes), ("num_channels", num_channels))
+                      if name in parameters})
+    try:
+        inspect.signature(model_class).bind(**arguments)
+    except TypeError as error:
+        raise ValueError(f"model class {model.class_path!r} does not take the arguments {sorted(arguments)}: "
+                         f"{error}") from None
+    return arguments
+
+
+def _build_custom_model(model: CustomModel, num_classes: int, num_channels: int) -> nn.Module:
+    """Build a user's class and check that it maps 32×32 images of the data set to ``num_classes`` logits."""
+    network = resolve_model_class(model.class_path)(**custom_model_arguments(model, num_classes, num_channels))
+    was_training = network.training
+    with torch.no_grad():
+        logits = network.eval()(torch.zeros(1, num_channels, INPUT_SIZE, INPUT_SIZE))
+    network.train(was_training)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, num_classes):
+        raise ValueError(f"model class {model.class_path!r} maps a 1×{num_channels}×{INPUT_SIZE}×{INPUT_SIZE} "
+                         f"input to {getattr(logits, 'shape', type(logits).__name__)}, expected logits of shape "
+                         f"(1, {num_classes})")
+    return network
 
 
 class BasicBlock(nn.Module):
@@ -189,7 +249,7 @@ def _first(items: Sequence[str], shown: int = 8) -> str:
 
 def load_model(
     checkpoint: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     num_classes: int,
     num_channels: int,
     *,
@@ -206,7 +266,7 @@ def load_model(
 
 def load_model_with_meta(
     checkpoint: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     num_classes: int,
     num_channels: int,
     *,

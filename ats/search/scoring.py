@@ -37,8 +37,8 @@ dataset names, so per-policy groups are named by position):
 * attributes ``arch, dataset, bins, seed, draw_seed, normalisation, device, chunk_size, seconds``
   (per policy); ``draw_seed`` is the seed of the draws and the noise of this repeat.
 
-This module imports torch only inside :func:`score_shard`, so that the selection job and the
-report, which only read shards, start fast.
+This module imports torch only inside :func:`score_shard` and :func:`score_policies`, so that the
+selection job and the report, which only read shards, start fast.
 """
 
 from __future__ import annotations
@@ -48,12 +48,19 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ats.case.architectures import ModelChoice, model_name
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
 from ats.runtime.seeding import derive_seed
+
+if TYPE_CHECKING:
+    import torch
+
+    from ats.case.datasets import DatasetArrays
+    from ats.search.eval_set import EvalSet
 
 _log = logging.getLogger(__name__)
 
@@ -204,7 +211,7 @@ def score_shard(
     dataset_h5: str | os.PathLike,
     eval_set_h5: str | os.PathLike,
     search_checkpoint: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     policies: Sequence[str],
     out_h5: str | os.PathLike,
     seed: int,
@@ -224,23 +231,15 @@ def score_shard(
     ``eval_set_fingerprint`` are the configuration fingerprints the search checkpoint and the
     evaluation set must carry, so that scores are never computed on inputs of another configuration.
     """
-    import torch
-
     from ats.case.datasets import load_dataset
-    from ats.case.models import build_model, load_model
-    from ats.case.normalisation import normalisation_constants
+    from ats.case.models import load_model
     from ats.policies import parse_policy
     from ats.runtime.device import resolve_device
-    from ats.runtime.logs import progress
-    from ats.runtime.memory import halving_on_cuda_oom, retain_freed_host_memory
-    from ats.runtime.seeding import seed_everything, torch_generator
-    from ats.search.accuracy import input_jacobians, score_from_jacobian
+    from ats.runtime.memory import retain_freed_host_memory
     from ats.search.eval_set import load_eval_set
-    from ats.search.privacy import default_chunk_size, privacy_curves, uniform_noise
-    from ats.transforms.pipeline import OUTPUT_SIZE, Preprocessor, draw_per_sample
 
-    parsed = {policy: parse_policy(policy) for policy in policies}  # a bad policy fails before any work
-    draw_seed = repeat_seed(seed, repeat)
+    for policy in policies:  # a bad policy fails before any work
+        parse_policy(policy)
     dataset = load_dataset(dataset_h5)
     spec = dataset.spec
     eval_set = load_eval_set(eval_set_h5, expected_fingerprint=eval_set_fingerprint)
@@ -248,14 +247,60 @@ def score_shard(
             dataset.test_labels[eval_set.privacy_indices], eval_set.privacy_labels):
         raise CacheError(eval_set_h5, f"evaluation images were not cut from the dataset file {dataset_h5} "
                                       f"({eval_set.attrs.get('dataset')!r} vs {spec.name!r})")
-    image_size = eval_set.privacy_images.shape[1]
-
     torch_device = resolve_device(device)
     retain_freed_host_memory()
+    trained = load_model(search_checkpoint, arch, spec.num_classes, spec.channels,
+                         expected_fingerprint=model_fingerprint)
+    scores, attrs = score_policies(trained=trained, arch=arch, data=dataset, eval_set=eval_set, policies=policies,
+                                   seed=seed, repeat=repeat, device=torch_device, normalisation=normalisation,
+                                   bins=bins, chunk_size=chunk_size)
+    write_scores(out_h5, scores, privacy_indices=eval_set.privacy_indices, privacy_labels=eval_set.privacy_labels,
+                 run_sizes=[len(batch) for batch in eval_set.accuracy_batches()], attrs=attrs,
+                 fingerprint=fingerprint)
+    _log.info("scored %d policies in %.1f s into %s", len(policies), sum(attrs["seconds"]), out_h5)
+
+
+def score_policies(
+    *,
+    trained: torch.nn.Module,
+    arch: ModelChoice,
+    data: DatasetArrays,
+    eval_set: EvalSet,
+    policies: Sequence[str],
+    seed: int,
+    repeat: int = 0,
+    device: torch.device | str,
+    normalisation: str,
+    bins: int = 20,
+    chunk_size: int | None = None,
+) -> tuple[list[PolicyScores], dict[str, Any]]:
+    """Score ``policies`` in memory: the work of :func:`score_shard` once its inputs are loaded.
+
+    ``trained`` is the tiny-data search model (a ``torch.nn.Module``), ``data`` the
+    :class:`ats.case.datasets.DatasetArrays` and ``eval_set`` the :class:`ats.search.eval_set.EvalSet`
+    cut from it; ``arch`` builds the untrained S_acc model (seeded with ``seed``); ``device`` is a
+    resolved torch device. Returns the scores and the shard attributes.
+    """
+    import torch
+
+    from ats.case.models import build_model
+    from ats.case.normalisation import normalisation_constants
+    from ats.policies import parse_policy
+    from ats.runtime.logs import progress
+    from ats.runtime.memory import halving_on_cuda_oom
+    from ats.runtime.seeding import seed_everything, torch_generator
+    from ats.search.accuracy import input_jacobians, score_from_jacobian
+    from ats.search.privacy import default_chunk_size, privacy_curves, uniform_noise
+    from ats.transforms.pipeline import OUTPUT_SIZE, Preprocessor, draw_per_sample
+
+    parsed = {policy: parse_policy(policy) for policy in policies}
+    draw_seed = repeat_seed(seed, repeat)
+    spec = data.spec
+    image_size = eval_set.privacy_images.shape[1]
+    torch_device = torch.device(device)
     seed_everything(seed)
     untrained = build_model(arch, spec.num_classes, spec.channels).to(torch_device).eval()
-    trained = load_model(search_checkpoint, arch, spec.num_classes, spec.channels,
-                         expected_fingerprint=model_fingerprint).to(torch_device)
+    trained = trained.to(torch_device).eval()
 
     mean, std = normalisation_constants(spec.name, normalisation)
     preprocessor = Preprocessor(spec.channels, mean, std, torch_device)
@@ -295,9 +340,9 @@ def score_shard(
         _log.info("policy %r: S_pri %.5f, S_acc %.3f (%.1f s)", policy, entry.spri_mean, entry.sacc_mean,
                   seconds[-1])
 
-    attrs = {"arch": arch, "dataset": spec.name, "bins": bins, "seed": seed, "draw_seed": draw_seed,
+    attrs = {"arch": model_name(arch), "dataset": spec.name, "bins": bins, "seed": seed, "draw_seed": draw_seed,
              "normalisation": normalisation,
              "device": str(torch_device), "chunk_size": chunk, "seconds": seconds}
-    write_scores(out_h5, scores, privacy_indices=eval_set.privacy_indices, privacy_labels=eval_set.privacy_labels,
-                 run_sizes=[len(batch) for batch in runs], attrs=attrs, fingerprint=fingerprint)
-    _log.info("scored %d policies in %.1f s into %s", len(policies), sum(seconds), out_h5)
+    return scores, attrs
+
+

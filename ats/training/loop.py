@@ -30,6 +30,7 @@ from typing import Any, Callable, ContextManager, Mapping
 import numpy as np
 import torch
 
+from ats.case.architectures import ModelChoice, model_name, model_settings
 from ats.case.datasets import load_dataset
 from ats.case.models import build_model, load_model
 from ats.case.normalisation import normalisation_constants
@@ -112,7 +113,7 @@ class _Run:
     def __init__(
         self,
         *,
-        arch: str,
+        arch: ModelChoice,
         num_classes: int,
         channels: int,
         defence: DefenceSpec,
@@ -305,7 +306,7 @@ class _Prepared:
 def _prepare_run(
     *,
     dataset_h5: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     defence: str,
     epochs: int,
     batch_size: int,
@@ -353,21 +354,21 @@ def _prepare_run(
         acceleration=acceleration,
     )
     run_fingerprint = fingerprint_of({
-        "config": fingerprint, "dataset": data.spec.name, "arch": arch, "defence": defence,
+        "config": fingerprint, "dataset": data.spec.name, **model_settings(arch), "defence": defence,
         "epochs": epochs, "batch_size": batch_size, "train_fraction": float(train_fraction), "seed": seed,
         "normalisation": normalisation, "eval_every": eval_every, "test_images": test_images,
         "bf16_autocast": acceleration.bf16_autocast,
         "compile": acceleration.compile,
     })
     logger.info("training %s on %d images of %s, defence %r, %d epochs, batch %d, device %s",
-                arch, len(subset), data.spec.name, defence, epochs, batch_size, torch_device)
+                model_name(arch), len(subset), data.spec.name, defence, epochs, batch_size, torch_device)
     return _Prepared(run, data.spec.name, len(subset), run_fingerprint)
 
 
 def train_stage(
     *,
     dataset_h5: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     defence: str,
     out_checkpoint: str | os.PathLike,
     out_history_tsv: str | os.PathLike,
@@ -442,7 +443,7 @@ def train_stage(
 def snapshot_stage(
     *,
     dataset_h5: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     defence: str,
     stage: str,
     out_checkpoint: str | os.PathLike,
@@ -489,7 +490,8 @@ def snapshot_stage(
         logger.info("epoch %d: %d steps (total %d of %d), train loss %.4f acc %.4f",
                     epoch, batches, done, steps, train_loss, train_accuracy)
     save_checkpoint(out_checkpoint, run.model.state_dict(), fingerprint=fingerprint, meta={
-        "dataset": prepared.dataset, "arch": arch, "defence": defence, "stage": stage, "optimizer_steps": steps,
+        "dataset": prepared.dataset, "arch": model_name(arch), "defence": defence, "stage": stage,
+        "optimizer_steps": steps,
         "num_classes": run.model_spec[1], "channels": run.model_spec[2]})
     logger.info("wrote the %s model of defence %s (%d optimizer steps) to %s", stage, defence, steps, out_checkpoint)
     return steps
@@ -511,7 +513,7 @@ def _write_outputs(
     last = run.history[-1]
     metrics = {
         "dataset": dataset,
-        "arch": arch,
+        "arch": model_name(arch),
         "defence": run.defence.name,
         "epochs": run.epochs,
         "seed": run.seed,
@@ -540,7 +542,7 @@ def _write_outputs(
 def import_checkpoint(
     *,
     source_path: str | os.PathLike,
-    arch: str,
+    arch: ModelChoice,
     num_classes: int,
     channels: int,
     out_checkpoint: str | os.PathLike,
@@ -557,8 +559,8 @@ def import_checkpoint(
     except CacheError as error:  # the user's file: no workflow job can recompute it
         raise ValueError(f"search.pretrain.checkpoint {source_path}: {error.problem}") from error
     save_checkpoint(out_checkpoint, model.state_dict(), fingerprint=fingerprint, meta={
-        "arch": arch, "num_classes": num_classes, "channels": channels, "defence": "imported",
+        "arch": model_name(arch), "num_classes": num_classes, "channels": channels, "defence": "imported",
         "source": str(source_path),
     })
     logger.info("imported %s as %s (%d classes, %d channels) into %s",
-                source_path, arch, num_classes, channels, out_checkpoint)
+                source_path, model_name(arch), num_classes, channels, out_checkpoint)

@@ -8,7 +8,7 @@ rule attack_defence:
     output:
         "results/attack/{defence}/{stage}/{attack}.h5",
     params:
-        arch=config["model"]["arch"],
+        arch=MODEL,
         defence="{defence}",
         stage="{stage}",
         attack="{attack}",

@@ -1,7 +1,8 @@
 # Helpers shared by all rules: config validation and the get_* input functions.
 #
 # Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
-# modules ats.config, ats.policies, ats.case.normalisation and ats.runtime.fingerprint.
+# modules ats.config, ats.policies, ats.case.normalisation and ats.runtime.fingerprint (a config
+# naming a model.class imports torch with the user's module, to validate it).
 
 import math
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from ats.case.architectures import model_choice, model_name, model_settings
 from ats.case.normalisation import dataset_spec
 from ats.config import ConfigError, check_config, describe_schema_error
 from ats.policies import candidate_policies
@@ -41,6 +43,7 @@ _validate_config()
 DATASET = config["dataset"]["name"]
 SEARCH = config["search"]
 SEARCH_ENABLED = not SEARCH["pinned_policies"]
+MODEL = model_choice(config["model"])  # model.arch, or the user's model.class with its kwargs
 NUM_CLASSES = dataset_spec(DATASET).num_classes
 CHANNELS = dataset_spec(DATASET).channels
 
@@ -69,7 +72,7 @@ def get_pretrain_fingerprint():
     return fingerprint(
         {
             **_data_settings(),
-            "arch": config["model"]["arch"],
+            **model_settings(MODEL),
             "seed": config["seed"],
             "pretrain": SEARCH["pretrain"],
             "test_images": config["training"]["test_images"],
@@ -125,7 +128,7 @@ def get_train_fingerprint(wildcards):
     return fingerprint(
         {
             **_data_settings(),
-            "arch": config["model"]["arch"],
+            **model_settings(MODEL),
             "seed": config["seed"],
             "defence": wildcards.defence,
             "training": get_training_settings(),

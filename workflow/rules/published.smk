@@ -18,7 +18,7 @@ rule compare_published:
         setting=config["report"]["published_setting"],
         selection_fingerprint=get_selection_fingerprint,
         dataset=config["dataset"]["name"],
-        arch=config["model"]["arch"],
+        arch=model_name(MODEL),
     log:
         "results/logs/compare_published.log",
     threads: 1

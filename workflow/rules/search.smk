@@ -8,7 +8,7 @@ if SEARCH["pretrain"]["checkpoint"]:
         output:
             model=get_search_model(),
         params:
-            arch=config["model"]["arch"],
+            arch=MODEL,
             num_classes=NUM_CLASSES,
             channels=CHANNELS,
             fingerprint=get_pretrain_fingerprint(),
@@ -33,7 +33,7 @@ else:
             history="results/search/pretrained/history.tsv",
             metrics="results/search/pretrained/metrics.json",
         params:
-            arch=config["model"]["arch"],
+            arch=MODEL,
             defence="crop",
             epochs=SEARCH["pretrain"]["epochs"],
             batch_size=SEARCH["pretrain"]["batch_size"],
@@ -110,7 +110,7 @@ rule score_shard:
         repeat=r"\d+",
     params:
         policies=get_shard_policies,
-        arch=config["model"]["arch"],
+        arch=MODEL,
         seed=config["seed"],
         repeat=lambda wildcards: int(wildcards.repeat),
         device=config["device"],

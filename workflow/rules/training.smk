@@ -30,7 +30,7 @@ rule train_defence:
         history="results/train/{defence}/history.tsv",
         metrics="results/train/{defence}/metrics.json",
     params:
-        arch=config["model"]["arch"],
+        arch=MODEL,
         defence="{defence}",
         epochs=config["training"]["epochs"],
         batch_size=config["training"]["batch_size"],
@@ -63,7 +63,7 @@ rule snapshot_defence:
     output:
         model="results/train/{defence}/snapshots/{stage}.pt",
     params:
-        arch=config["model"]["arch"],
+        arch=MODEL,
         defence="{defence}",
         stage="{stage}",
         epochs=config["training"]["epochs"],
