@@ -14,6 +14,10 @@ from benchmarks import run
 REQUIRED_KEYS = (
     "date", "device", "torch_version", "machine",
     "spri_speedup_resnet20", "spri_speedup_resnet20_4", "spri_max_abs_diff", "spri_floor_ratio",
+    *(f"spri_{figure}_{model}" for figure in ("speedup", "floor_ratio", "ceiling", "float32_error")
+      for model in ("resnet20", "resnet20_4", "convnet", "convnet32")),
+    "spri_float32_error", "search_1600_hours_cifar100_resnet20_4", "search_1600_hours_cifar100_convnet",
+    "search_1600_hours_fashion_mnist_resnet20", "search_1600_hours_fashion_mnist_convnet",
     "attack_speedup", "attack_max_abs_diff",
     "augment_speedup", "augment_max_abs_diff",
     "policy_seconds_resnet20_4", "policy_seconds_resnet20_4_method",
@@ -28,6 +32,7 @@ def test_quick_run_writes_every_key_and_agrees_with_the_references(tmp_path, cap
     assert [key for key in REQUIRED_KEYS if key not in record] == []
     assert record["device"] == "cpu" and record["quick"] is True
     assert record["spri_max_abs_diff"] <= 1e-4
+    assert record["spri_float32_error"] <= 2e-5
     assert record["attack_max_abs_diff"] <= 1e-4
     assert record["augment_max_abs_diff"] <= 1e-6  # same uint8 pixels, then the same normalisation
     assert "extrapolated" in record["policy_seconds_resnet20_4_method"]

@@ -22,8 +22,8 @@ from ats.search.per_sample.reductions import (
 
 # Layers whose output picks one input by comparison. The folded conv rounds differently from the
 # conv and its BatchNorm, and near a tie that flips such a choice and with it the gradient path:
-# on the paper's max-pool ConvNet the float32 S_pri error grew from 1e-6 to 9e-5. Models with any
-# of them run unfolded.
+# on the paper's max-pool ConvNet that multiplied the float32 S_pri error (docs/benchmarks.md).
+# Models with any of them run unfolded.
 ARGMAX_LAYERS: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 
@@ -33,7 +33,7 @@ class FoldedConvBatchNorm:
 
     With s = γ/σ (σ² = running variance + eps) the pair computes y = conv(a; s·W) + β + s·(b − μ):
     one convolution instead of a convolution and a normalisation, each with its backward pass
-    (folding saved ≈ 17 % of ResNet20's forward + input-gradient backward on a 2-core CPU). Per
+    (the saving is in docs/benchmarks.md). Per
     output channel, the per-sample gradients of all four tensors follow from go = ∂L/∂y and
     H = Σ_t go[t] ⊗ a[t], the per-sample gradient of a conv with output gradient go:
 
