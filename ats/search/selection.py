@@ -355,6 +355,21 @@ def describe_uncertainty(selection: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+class NothingChosenError(ValueError):
+    """No scored policy passes the S_acc threshold, and the config does not allow an empty selection."""
+
+
+def _nothing_chosen(ranked: Sequence[RankedPolicy], threshold: float, source: str) -> str:
+    """Why nothing was chosen, naming the config keys that change it."""
+    candidates = [entry for entry in ranked if entry.status == STATUS_OK]
+    finite = [entry.s_acc_mean for entry in candidates if math.isfinite(entry.s_acc_mean)]
+    best = f"the best mean S_acc of the {len(candidates)} finite candidates is {max(finite):.3f}" if finite \
+        else f"none of the {len(ranked)} scored policies is a candidate with finite scores"
+    return (f"no policy passes the S_acc threshold {threshold:.3f} (search.selection.accuracy_threshold, "
+            f"{source}): {best}. Lower the threshold, score more candidates (search.candidates.count), or set "
+            "search.selection.allow_empty: true to train only the baselines")
+
+
 def select_policies(
     *,
     shard_paths: Sequence[str | os.PathLike],
@@ -368,13 +383,16 @@ def select_policies(
     num_classes: int,
     seed: int,
     fingerprint: str,
+    allow_empty: bool = False,
 ) -> None:
     """Stage function: gather the shards of every repeat, write ``ranking.tsv`` and ``selection.json`` atomically.
 
     ``threshold`` ``None`` means :func:`default_accuracy_threshold` of ``num_classes``. ``seed`` (the
     master seed) seeds the bootstrap intervals. Each shard must carry its entry of
     ``shard_fingerprints``; both outputs get a provenance record under ``fingerprint``
-    (:mod:`ats.runtime.provenance`), which their readers check.
+    (:mod:`ats.runtime.provenance`), which their readers check. When no policy is eligible it raises
+    :class:`NothingChosenError` and writes nothing, unless ``allow_empty`` (the config's
+    ``search.selection.allow_empty``): a run must not end green having chosen nothing.
     """
     threshold_source = "config" if threshold is not None else "default"
     threshold = float(threshold) if threshold is not None else default_accuracy_threshold(num_classes)
@@ -382,6 +400,8 @@ def select_policies(
     scores = average_repeats(repeats)
     ranked = with_spri_intervals(rank_policies(scores, rule, alpha, threshold=threshold), scores, seed=seed)
     choice = choose_policies(ranked, top_k)
+    if not choice["top_k"] and not allow_empty:
+        raise NothingChosenError(_nothing_chosen(ranked, threshold, threshold_source))
     agreement = ranking_agreement([rank_policies(group, rule, alpha, threshold=threshold) for group in repeats],
                                   top_k)
     versus_reference = compare_with_reference([*choice["top_k"], *choice["hybrid_members"]], ranked, scores,

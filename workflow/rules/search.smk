@@ -150,6 +150,7 @@ checkpoint select_policies:
         alpha=SEARCH["selection"]["alpha"],
         threshold=SEARCH["selection"]["accuracy_threshold"],
         top_k=SEARCH["selection"]["top_k"],
+        allow_empty=SEARCH["selection"]["allow_empty"],
         num_classes=NUM_CLASSES,
         seed=config["seed"],
         shard_fingerprints=get_shard_fingerprints,

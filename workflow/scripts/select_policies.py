@@ -16,6 +16,7 @@ select_policies(
     alpha=params.alpha,
     threshold=params.threshold,
     top_k=params.top_k,
+    allow_empty=params.allow_empty,
     num_classes=params.num_classes,
     seed=params.seed,
     fingerprint=params.fingerprint,
