@@ -38,7 +38,7 @@ from ats.runtime.device import resolve_device
 from ats.runtime.fingerprint import fingerprint
 from ats.runtime.hdf5 import read_h5
 from ats.runtime.seeding import seed_everything
-from ats.search.eval_set import EvalSet, build_eval_set
+from ats.search.eval_set import EvalSet, build_eval_set, eval_set_fingerprint
 from ats.search.eval_set import load_eval_set as _read_eval_set
 from ats.search.scoring import PolicyScores, score_policies
 
@@ -72,11 +72,6 @@ def load_data(dataset: str, path: str | os.PathLike | None = None, *, source_dir
     if not path.exists():
         build_dataset_file(dataset, path, source_dir=source_dir, download=download)
     return load_dataset(path, expected_dataset=dataset)
-
-
-def eval_set_fingerprint(dataset: str, *, privacy: Mapping[str, Any], accuracy: Mapping[str, Any]) -> str:
-    """The fingerprint the workflow gives the evaluation images of ``search.privacy`` / ``search.accuracy``."""
-    return fingerprint({"dataset": dataset, "privacy": dict(privacy), "accuracy": dict(accuracy)})
 
 
 def load_eval_set(dataset_file: str | os.PathLike, path: str | os.PathLike, *, images: str | None = None,

@@ -235,8 +235,9 @@ def _run_attack(arguments: argparse.Namespace) -> int:
 
 
 def _run_score(arguments: argparse.Namespace) -> int:
-    from ats.api import eval_set_fingerprint, load_eval_set
+    from ats.api import load_eval_set
     from ats.runtime.fingerprint import fingerprint
+    from ats.search.eval_set import eval_set_fingerprint
     from ats.search.scoring import read_scores, score_shard
 
     model = _model(arguments)

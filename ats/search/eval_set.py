@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ats.case.datasets import load_dataset
+from ats.runtime.fingerprint import fingerprint
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
 
 _log = logging.getLogger(__name__)
@@ -120,6 +122,14 @@ _ARRAY_NAMES = {
     "accuracy_images": "accuracy/images", "accuracy_indices": "accuracy/indices",
     "accuracy_labels": "accuracy/labels", "accuracy_run": "accuracy/run",
 }
+
+
+def eval_set_fingerprint(dataset: str, *, privacy: Mapping[str, Any], accuracy: Mapping[str, Any]) -> str:
+    """The fingerprint of the evaluation images cut under the config's ``search.privacy`` and ``search.accuracy``.
+
+    The workflow, the API and the command line all fingerprint the file with it.
+    """
+    return fingerprint({"dataset": dataset, "privacy": dict(privacy), "accuracy": dict(accuracy)})
 
 
 def build_eval_set(

@@ -2,7 +2,8 @@
 #
 # Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
 # modules ats.config, ats.policies, ats.case.normalisation and ats.runtime.fingerprint (a config
-# naming a model.class imports torch with the user's module, to validate it).
+# naming a model.class imports torch with the user's module, to validate it), and
+# ats.search.eval_set for the evaluation images' fingerprint (numpy and h5py, no torch).
 
 import math
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from ats.config import ConfigError, check_config, describe_schema_error
 from ats.policies import candidate_policies
 from ats.runtime.fingerprint import fingerprint
 from ats.runtime.provenance import read_verified_json
+from ats.search.eval_set import eval_set_fingerprint
 from ats.training.stages import FINAL, STAGE_PATTERN
 
 
@@ -81,9 +83,7 @@ def get_pretrain_fingerprint():
 
 
 def get_eval_set_fingerprint():
-    return fingerprint(
-        {"dataset": DATASET, "privacy": SEARCH["privacy"], "accuracy": SEARCH["accuracy"]}
-    )
+    return eval_set_fingerprint(DATASET, privacy=SEARCH["privacy"], accuracy=SEARCH["accuracy"])
 
 
 def get_shard_fingerprint(wildcards):
