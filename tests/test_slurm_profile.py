@@ -14,17 +14,22 @@ PROFILE = ROOT / "profiles" / "slurm" / "profile.yaml"
 GRES_ENTRY = {"gpu": 0, "gres": "gpu:1"}
 
 
-def gpu_rules_of_the_workflow() -> set[str]:
-    """Rules whose resources ask for a GPU (``gpu=N``, N > 0), read from the rule files."""
+def rules_matching(pattern: str) -> set[str]:
+    """Rules of the workflow with a line matching ``pattern`` in their body, read from the rule files."""
     rules: set[str] = set()
     for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         text = path.read_text(encoding="utf-8")
         headers = list(re.finditer(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:", text, re.MULTILINE))
         for header, following in zip(headers, headers[1:] + [None]):
             body = text[header.end():following.start() if following else len(text)]
-            if re.search(r"^\s*gpu\s*=\s*[1-9]", body, re.MULTILINE):
+            if re.search(pattern, body, re.MULTILINE):
                 rules.add(header[1])
     return rules
+
+
+def gpu_rules_of_the_workflow() -> set[str]:
+    """Rules whose resources ask for a GPU (``gpu=N``, N > 0)."""
+    return rules_matching(r"^\s*gpu\s*=\s*[1-9]")
 
 
 def gres_block(text: str) -> dict:
@@ -73,3 +78,12 @@ def test_profile_loads_with_the_gres_block_uncommented():
     profile = yaml.safe_load(text[:block_start] + uncommented + text[block_end:])
     assert profile["executor"] == "slurm"
     assert set(profile["set-resources"]) == gpu_rules_of_the_workflow()
+
+
+def test_a_job_killed_at_its_time_limit_is_retried_with_more_time():
+    """The profile retries failed jobs, and training, snapshot and attack jobs scale their runtime with
+    the attempt (tests/slurm/run-slurm-test.sh runs a real time limit and its retry)."""
+    profile = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
+    assert profile["retries"] >= 1
+    scaled = rules_matching(r"^\s*runtime=scaled_runtime\(\d+\),$")
+    assert {"pretrain_search_model", "train_defence", "snapshot_defence", "attack_defence"} <= scaled

@@ -14,7 +14,10 @@
 #  5. rerun one job of each GPU stage with the user profile's commented --gres block uncommented
 #     (a third profile), and check the same of those jobs, the GPU now requested by --gres;
 #  6. check that the Slurm run's results, the rerun jobs' included, equal the local run's;
-#  7. stop the daemons it started, by PID, and the background run, whatever happened (trap).
+#  7. run a training job under Slurm, end it at a time limit after its first epoch, and check that
+#     the profile's retry asked for twice the time, resumed, and made the model of an
+#     uninterrupted local training (ATS_SLURM_TEST_ONLY=retry runs this case alone);
+#  8. stop the daemons it started, by PID, and the background runs, whatever happened (trap).
 #
 # Skips (exit 0, with the reason) where a local Slurm cannot be started: not root, no apt-get and
 # no Slurm, a real Slurm configuration present, or already inside a Slurm job. Every command runs
@@ -71,10 +74,13 @@ if [ -s "$SLURM_STATE/slurmctld.pid" ] \
   stop_slurm=no
 fi
 local_run_pid=
+retry_pids=()
 cleanup() {
-  if [ -n "$local_run_pid" ] && kill -0 "$local_run_pid" 2>/dev/null; then
-    kill "$local_run_pid"  # timeout passes SIGTERM on to Snakemake
-  fi
+  for pid in "$local_run_pid" "${retry_pids[@]}"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"  # timeout passes SIGTERM on to Snakemake
+    fi
+  done
   if [ "$stop_slurm" = yes ]; then
     timeout 60 "$LOCAL_SLURM" stop
   fi
@@ -88,9 +94,65 @@ fail_run() {
   fail "$(basename "$output" .out) run exited with $status (full output: $output)"
 }
 
+# The first SLURM_JOB_ID a job log records (ats.runtime.device.log_runtime writes it).
+slurm_job_of() { grep -o 'SLURM_JOB_ID=[0-9]*' "$1" 2>/dev/null | head -n 1 | cut -d= -f2; }
+
+# A training job ends at its time limit after its first epoch (the test cuts the limit of the running
+# job); the profile's retries submit it again with twice the runtime, it resumes from resume.pt, and
+# its model equals that of an uninterrupted local training.
+retry_after_time_limit() {
+  local dir=$SCRATCH/retry target=results/train/none/model.pt
+  local configs=("$REPO/tests/config/test.yaml" "$REPO/tests/slurm/longer-training.yaml")
+  local state=$dir/slurm/results/train/none/resume.pt job_log=$dir/slurm/results/logs/train_defence/none.log
+  mkdir -p "$dir"
+  log "retry case: a 12-epoch training locally (the reference) and under Slurm"
+  timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" --configfile "${configs[@]}" \
+    --directory "$dir/local" --cores 1 "$target" >"$dir/local.out" 2>&1 &
+  local local_pid=$!
+  timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" --configfile "${configs[@]}" \
+    --directory "$dir/slurm" "${SLURM_PROFILES[@]}" "$target" >"$dir/slurm.out" 2>&1 &
+  local slurm_pid=$!
+  retry_pids=("$local_pid" "$slurm_pid")
+  until [ -s "$state" ]; do
+    kill -0 "$slurm_pid" 2>/dev/null || fail "the Slurm training ended before its first epoch (see $dir/slurm.out)"
+    sleep 1
+  done
+  local first_job
+  first_job=$(slurm_job_of "$job_log")
+  [ -n "$first_job" ] || fail "no SLURM_JOB_ID in $job_log"
+  log "retry case: epoch 1 of job $first_job saved; cutting its time limit to one second"
+  scontrol update JobId="$first_job" TimeLimit=0:01
+  local status=0
+  wait "$slurm_pid" || status=$?
+  [ "$status" -eq 0 ] || fail_run "$dir/slurm.out" "$status"
+  scontrol show job "$first_job" | grep -q "JobState=TIMEOUT" \
+    || fail "job $first_job did not end at its time limit: $(scontrol show job "$first_job" | grep -o 'JobState=[A-Z_]*')"
+  local second_job
+  second_job=$(slurm_job_of "$job_log")
+  [ -n "$second_job" ] && [ "$second_job" != "$first_job" ] || fail "no retry of job $first_job in $job_log"
+  # The rule asks for 720 minutes per attempt: the retry, attempt 2, for 1440 (one day).
+  scontrol show job "$first_job" | grep -q "TimeLimit=00:00:01" || fail "job $first_job's limit was not cut"
+  scontrol show job "$second_job" | grep -q "TimeLimit=1-00:00:00" \
+    || fail "the retry $second_job did not ask for twice the runtime: $(scontrol show job "$second_job" | grep -o 'TimeLimit=[^ ]*')"
+  grep -q "resuming from epoch [1-9][0-9]* of 12" "$job_log" || fail "the retry did not resume (see $job_log)"
+  status=0
+  wait "$local_pid" || status=$?
+  [ "$status" -eq 0 ] || fail_run "$dir/local.out" "$status"
+  timeout 120 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" compare "$dir/local" "$dir/slurm" \
+    --ignore logs --ignore benchmarks
+  log "retry case: job $first_job ended at its time limit, retry $second_job resumed with twice the time; same model"
+}
+
 started=$(date +%s)
 log "starting the local Slurm (scratch: $SCRATCH)"
 timeout -k 10 "$START_LIMIT" "$LOCAL_SLURM" start
+
+if [ "${ATS_SLURM_TEST_ONLY:-}" = retry ]; then
+  retry_after_time_limit
+  log "PASSED (retry case only) in $(($(date +%s) - started)) s"
+  [ -n "${ATS_SLURM_TEST_DIR:-}" ] || rm -rf "$SCRATCH"
+  exit 0
+fi
 
 log "starting the local reference run in the background"
 timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
@@ -109,8 +171,9 @@ rule fail_on_purpose:
 EOF
 failing_started=$(date +%s)
 failing_status=0
+# Without the profile's retries, which would submit it twice more: the bound is that of one failure.
 timeout -k 10 "$FAILING_JOB_LIMIT" "$SNAKEMAKE" --snakefile "$SCRATCH/failing/Snakefile" \
-  --directory "$SCRATCH/failing" "${SLURM_PROFILES[@]}" >"$SCRATCH/failing.out" 2>&1 \
+  --directory "$SCRATCH/failing" "${SLURM_PROFILES[@]}" --retries 0 >"$SCRATCH/failing.out" 2>&1 \
   || failing_status=$?
 failing_seconds=$(($(date +%s) - failing_started))
 case $failing_status in
@@ -156,6 +219,8 @@ timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" \
 [ "$gres_status" -eq 0 ] || fail_run "$SCRATCH/gres.out" "$gres_status"
 timeout 60 "$PYTHON" "$REPO/tests/slurm/check_slurm_run.py" jobs "$SCRATCH/slurm" \
   --gpu-rules "$GPU_RULES" --gpu-request gres
+
+retry_after_time_limit
 
 log "waiting for the local run"
 local_status=0

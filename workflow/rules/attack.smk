@@ -32,6 +32,6 @@ rule attack_defence:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=720,
+        runtime=scaled_runtime(720),
     script:
         "../scripts/attack.py"

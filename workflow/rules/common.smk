@@ -57,6 +57,13 @@ wildcard_constraints:
     attack=r"[A-Za-z0-9_\-]+",
 
 
+def scaled_runtime(minutes):
+    """A runtime (minutes) that grows with each attempt: under the Slurm profile's `retries`, a job
+    killed at its time limit is submitted again with twice, then three times the time. Training
+    resumes from its resume.pt, so the retry only trains the epochs that are left."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
 # ---------------------------------------------------------------------------------------------
 # Fingerprints: the config values that determine each cached artefact. A cache file records the
 # fingerprint it was made under and is refused under another one.

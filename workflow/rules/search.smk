@@ -55,7 +55,7 @@ else:
         resources:
             gpu=1,
             mem_mb=16000,
-            runtime=240,
+            runtime=scaled_runtime(240),
         script:
             "../scripts/train.py"
 

@@ -52,7 +52,7 @@ rule train_defence:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=720,
+        runtime=scaled_runtime(720),
     script:
         "../scripts/train.py"
 
@@ -85,7 +85,7 @@ rule snapshot_defence:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=720,
+        runtime=scaled_runtime(720),
     script:
         "../scripts/train.py"
 
