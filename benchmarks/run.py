@@ -83,9 +83,9 @@ PAPER_SEARCH_POLICIES = 1600
 SPRI_DATASETS = {"cifar100": (3, 100), "fashion-mnist": (1, 10)}
 SPRI_MODELS = {"ResNet20": "fashion-mnist", "ResNet20-4": "cifar100", "ConvNet": "cifar100",
                "ConvNet32": "fashion-mnist"}
-PAPER_CONFIGS = {"cifar100-resnet20-4": "ResNet20-4", "cifar100-convnet": "ConvNet",
-                 "fashion-mnist-resnet20": "ResNet20", "fashion-mnist-convnet": "ConvNet"}
-SPRI_CALIBRATION_IMAGES = 32  # images whose BatchNorm statistics the S_pri models get
+PAPER_CONFIGS = {"cifar100-resnet20-4": ("cifar100", "ResNet20-4"), "cifar100-convnet": ("cifar100", "ConvNet"),
+                 "fashion-mnist-resnet20": ("fashion-mnist", "ResNet20"),
+                 "fashion-mnist-convnet": ("fashion-mnist", "ConvNet")}
 
 # Targets of the issue, per device kind: (key, comparison, bound).
 TARGETS: dict[str, list[tuple[str, str, float]]] = {
@@ -123,6 +123,7 @@ class Sizes:
     ``attack_check_arch`` are re-run in float64 for the agreement. ``augment_workers``: the
     reference DataLoader's workers (the original used 4). ``policy_privacy_images`` and
     ``policy_accuracy_runs`` (of ``accuracy_batch`` images): the measured fraction of one policy.
+    ``spri_calibration_images``: the images whose statistics the S_pri models' BatchNorms get.
     """
 
     rounds: int
@@ -137,6 +138,7 @@ class Sizes:
     policy_privacy_images: int
     policy_accuracy_runs: int
     attack_check_arch: str = "ResNet20"
+    spri_calibration_images: int = 32
     accuracy_batch: int = PAPER_ACCURACY_BATCH["cifar100"]
 
 
@@ -156,7 +158,8 @@ SIZES: dict[str, Sizes] = {
                    bins=2,
                    attack_archs=("ResNet20",), attack_batch=2, attack_iterations=1,
                    attack_check_targets=2, augment_images=16, augment_workers=0,
-                   policy_privacy_images=1, policy_accuracy_runs=1, accuracy_batch=4),
+                   policy_privacy_images=1, policy_accuracy_runs=1, accuracy_batch=4,
+                   spri_calibration_images=4),
 }
 
 
@@ -315,7 +318,7 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
     channels, classes = SPRI_DATASETS[dataset]
     torch.manual_seed(derive_seed(SEED, "bench", "spri", arch))
     model = build_model(arch, classes, channels).to(device)
-    calibration, _ = _spri_images(dataset, SPRI_CALIBRATION_IMAGES, device, f"spri-calibration-{arch}")
+    calibration, _ = _spri_images(dataset, sizes.spri_calibration_images, device, f"spri-calibration-{arch}")
     model = _realistic_batch_norms(model, calibration, arch)
     images, source = _spri_images(dataset, count, device, f"spri-{arch}")
     labels = torch.randint(0, classes, (count,), generator=torch_generator(SEED, "bench", "spri-labels", arch)
@@ -337,7 +340,7 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
         # leave to the first timed round. The batch-1 reference sees the same shapes either way.
         "reference": lambda: reference.privacy_scores(model, images[:1], labels[:1], noise[:1], bins=sizes.bins),
     })
-    accuracy_images, _ = _spri_images(dataset, PAPER_ACCURACY_BATCH[dataset], device, f"sacc-{arch}")
+    accuracy_images, _ = _spri_images(dataset, sizes.accuracy_batch, device, f"sacc-{arch}")
     accuracy = time_alternating({"accuracy": lambda: accuracy_score(model, accuracy_images)}, device, 1)
     library_scores, library_curves = (t.detach().double().cpu() for t in measured.results["library"])
     reference_scores, reference_curves = measured.results["reference"]
@@ -357,7 +360,7 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
         f"spri_float32_error_loop_{key}": float((reference_scores - exact_scores).abs().max()),
         f"spri_seconds_per_image_{key}": library_s / count,
         f"spri_reference_seconds_per_image_{key}": reference_s / count,
-        f"sacc_seconds_per_run_{key}": accuracy.seconds("accuracy"),
+        f"sacc_seconds_per_image_{key}": accuracy.seconds("accuracy") / sizes.accuracy_batch,
         "timings": {f"spri_{key}": {"images": count, "bins": sizes.bins, "dataset": dataset, "inputs": source,
                                     **measured.as_json()}},
     }
@@ -380,17 +383,18 @@ def bench_spri(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     keys = [_key(arch) for arch in sizes.spri_images]
     for figure in ("spri_max_abs_diff", "spri_floor_ratio", "spri_float32_error"):
         record[figure] = max(record[f"{figure}_{key}"] for key in keys)
-    for config, arch in PAPER_CONFIGS.items():
+    for config, (dataset, arch) in PAPER_CONFIGS.items():
         if arch in sizes.spri_images:
-            dataset, key = SPRI_MODELS[arch], _key(arch)
+            key = _key(arch)
             seconds = (PAPER_PRIVACY_IMAGES[dataset] * record[f"spri_seconds_per_image_{key}"]
-                       + PAPER_ACCURACY_RUNS * record[f"sacc_seconds_per_run_{key}"])
+                       + PAPER_ACCURACY_RUNS * PAPER_ACCURACY_BATCH[dataset] * record[f"sacc_seconds_per_image_{key}"])
             record[f"search_1600_hours_{_key(config)}"] = seconds * PAPER_SEARCH_POLICIES / 3600
     record["search_1600_hours_method"] = (
-        f"{PAPER_SEARCH_POLICIES} × (privacy images × S_pri seconds per image + {PAPER_ACCURACY_RUNS} × one S_acc "
-        f"run) of the config's model, as timed here (bins {sizes.bins}; each model in one setting, see "
-        f"timings: the Fashion-MNIST ConvNet is timed with the CIFAR-100 ConvNet's 3 channels and 100 "
-        f"classes); augmentation and training not included")
+        f"{PAPER_SEARCH_POLICIES} × (privacy images × S_pri seconds per image + {PAPER_ACCURACY_RUNS} S_acc "
+        f"runs × their images × S_acc seconds per image, timed on {sizes.accuracy_batch} images) of the config's "
+        f"model, as timed here (bins {sizes.bins}; each model in one setting, see timings: the Fashion-MNIST "
+        f"ConvNet is timed with the CIFAR-100 ConvNet's 3 channels and 100 classes); augmentation and training "
+        f"not included")
     return record
 
 
