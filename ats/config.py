@@ -178,13 +178,13 @@ def check_config(config: Mapping[str, Any]) -> None:
 def _check_model(config: Mapping[str, Any]) -> None:
     """``model.arch`` must parse, or ``model.class`` import as a ``torch.nn.Module`` that takes ``model.kwargs``."""
     model = config["model"]
+    try:
+        parse_arch(model["arch"])
+    except ValueError as error:
+        raise ConfigError("model.arch", str(error)) from None
     if not model.get("class"):
         if model.get("kwargs"):
             raise ConfigError("model.kwargs", "applies to model.class only; our architectures (model.arch) take none")
-        try:
-            parse_arch(model["arch"])
-        except ValueError as error:
-            raise ConfigError("model.arch", str(error)) from None
         return
     from ats.case.models import custom_model_arguments, resolve_model_class
 

@@ -63,8 +63,13 @@ def schema() -> dict[str, Any]:
 def _objects(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     yield prefix, node
     for name, child in node.get("properties", {}).items():
-        if child.get("type") == "object":
+        if _is_section(child):
             yield from _objects(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _is_section(node: dict[str, Any]) -> bool:
+    """An object of named keys; a free-form mapping such as ``model.kwargs`` is a value."""
+    return node.get("type") == "object" and "properties" in node
 
 
 def object_keys() -> dict[str, dict[str, Any]]:
@@ -77,7 +82,7 @@ def leaf_keys() -> dict[str, dict[str, Any]]:
     leaves = {}
     for prefix, node in object_keys().items():
         for name, child in node.get("properties", {}).items():
-            if child.get("type") != "object":
+            if not _is_section(child):
                 leaves[f"{prefix}.{name}" if prefix else name] = child
     return leaves
 
@@ -170,6 +175,13 @@ SEMANTIC_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] 
         unique_lists(gradient_defences), lists_with_one_bad(gradient_defences, bad_gradient_defences)
     ),
     "model.arch": (architectures, st.one_of(bad_architectures, st.integers(), st.none())),
+    # A user's class (tests/custom_models.py); its kwargs must fit it, and need a class at all.
+    "model.class": (
+        st.sampled_from([None, "tests.custom_models:TinyNet"]),
+        st.sampled_from(["TinyNet", "tests.no_such_module:Net", "tests.custom_models:Missing",
+                         "tests.custom_models:NOT_A_MODULE"]) | st.integers(),
+    ),
+    "model.kwargs": (st.just({}), st.just({"num_classes": 3}) | st.integers()),
     # Any existing file will do; the schema file certainly exists.
     "search.pretrain.checkpoint": (
         st.sampled_from([None, str(SCHEMA_PATH)]),
