@@ -158,8 +158,7 @@ SIZES: dict[str, Sizes] = {
                    bins=2,
                    attack_archs=("ResNet20",), attack_batch=2, attack_iterations=1,
                    attack_check_targets=2, augment_images=16, augment_workers=0,
-                   policy_privacy_images=1, policy_accuracy_runs=1, accuracy_batch=4,
-                   spri_calibration_images=4),
+                   policy_privacy_images=1, policy_accuracy_runs=1, accuracy_batch=4),
 }
 
 
