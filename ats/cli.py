@@ -41,11 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return arguments.run(arguments)
     except UsageError as error:
-        parser.error(str(error))
+        arguments.parser.error(str(error))
     except (CacheError, OSError, ValueError, RuntimeError) as error:
         print(f"ats {arguments.command}: error: {error}", file=sys.stderr)
         return 1
-    return 0  # unreachable: parser.error exits
 
 
 # --- arguments --------------------------------------------------------------------------------------
@@ -135,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                       ("label-recovery", "attack.label_recovery")):
         attack.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=schema_default(key),
                             help=f"config {key}")
-    attack.set_defaults(run=_run_attack)
+    attack.set_defaults(run=_run_attack, parser=attack)
 
     score = commands.add_parser("score", help="score policies (S_pri, S_acc) on a search model (a score shard)",
                                 description="Score policies on a search model and write a score shard.")
@@ -151,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         score.add_argument(f"--{flag}", type=kind, default=schema_default(key), help=f"config {key}")
     score.add_argument("--repeat", type=int, default=0, help="the repeat of the scoring (0: the single scoring)")
     score.add_argument("--chunk-size", type=int, help="inputs per gradient pass (default: from the model size)")
-    score.set_defaults(run=_run_score)
+    score.set_defaults(run=_run_score, parser=score)
     return parser
 
 

@@ -131,7 +131,7 @@ def test_a_bad_argument_is_named(inputs, tmp_path, capsys, extra, words) -> None
     with pytest.raises(SystemExit) as caught:
         main(arguments + extra)
     assert caught.value.code == 2
-    assert words in capsys.readouterr().err
+    assert f"ats attack: error: {words}" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
 
 
