@@ -1,8 +1,12 @@
-"""The workflow killed with SIGKILL mid-scoring and mid-training, then resumed as README.md says.
+"""The workflow killed with SIGKILL mid-scoring, mid-training and mid-attack, then resumed as README.md says.
 
 A tiny Fashion-MNIST (random pixels in the official IDX format, 400 images per split) keeps every
 job short, and ``--cores 1`` runs one job at a time, so each kill lands in a known job. The
 uninterrupted reference run goes at the same time as the interrupted runs, one core each.
+
+The first two kills take down the whole process group. The third kills the Snakemake process
+alone, as an out-of-memory killer or ``kill -9 <pid>`` does: its attack job (behind the selection
+checkpoint) lives on and finishes its file without Snakemake's records of it.
 
 After a kill the run continues with what README.md tells users to type::
 
@@ -22,6 +26,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ from typing import Callable
 
 import h5py
 import pytest
+import torch
 import yaml
 
 from conftest import write_fashion_mnist_folder
@@ -90,11 +96,35 @@ def mid_training(workdir: Path) -> str | None:
     return None
 
 
+def mid_attack(workdir: Path) -> str | None:
+    """An attack job has started its attack and not written its file yet."""
+    logs = workdir / "results/logs/attack_defence"
+    for log in sorted(logs.glob("*/*/*.log")):
+        name = str(log.relative_to(logs).with_suffix(""))
+        if "runtime hostname=" in _read(log) and not (workdir / f"results/attack/{name}.h5").exists():
+            return f"attack_defence {name}"
+    return None
+
+
 def _written_by(job: str, path: str) -> bool:
     rule, name = job.split()
     if rule == "score_shard":
         return path == f"results/search/scores/{name}.h5"
+    if rule == "attack_defence":
+        return path == f"results/attack/{name}.h5"
     return path.startswith(f"results/train/{name}/")
+
+
+def _group_alive(group: int) -> bool:
+    """Whether any process of the process group ``group`` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 @dataclass
@@ -121,7 +151,11 @@ def snapshot(workdir: Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]
 
 
 def run_until(workdir: Path, kill_point: Callable[[Path], str | None] | None) -> Kill | None:
-    """Run the workflow; SIGKILL it when ``kill_point`` names a job. ``None`` if it finished."""
+    """Run the workflow; SIGKILL it when ``kill_point`` names a job. ``None`` if it finished.
+
+    Jobs of :data:`MASTER_ONLY_KILLS` lose only their Snakemake process, and the run is left to
+    its orphaned job until that job ends, as README.md says to do before resuming.
+    """
     process = start(workdir, "--rerun-incomplete")
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -129,8 +163,14 @@ def run_until(workdir: Path, kill_point: Callable[[Path], str | None] | None) ->
             job = kill_point(workdir) if kill_point else None
             if job:
                 files, logs = snapshot(workdir)
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                if job.split()[0] in MASTER_ONLY_KILLS:
+                    process.kill()
+                    process.wait()
+                    while _group_alive(process.pid) and time.monotonic() < deadline:
+                        time.sleep(POLL_INTERVAL_S)
+                else:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
                 # Should the killed job have finished its output in the moment before the kill,
                 # Snakemake rightly redoes it; only what other jobs finished must survive.
                 finished = {path: identity for path, identity in files.items() if not _written_by(job, path)}
@@ -151,7 +191,8 @@ def unlock(workdir: Path) -> None:
     assert result.returncode == 0 and "Unlocked working directory" in result.stdout + result.stderr, result.stderr
 
 
-KILL_POINTS = {"score_shard": mid_scoring, "train_defence": mid_training}
+KILL_POINTS = {"score_shard": mid_scoring, "train_defence": mid_training, "attack_defence": mid_attack}
+MASTER_ONLY_KILLS = {"attack_defence"}
 
 
 def first_kill_point(pending: list[str]) -> Callable[[Path], str | None]:
@@ -180,8 +221,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"reference": reference, "interrupted": interrupted, "kills": kills}
 
 
-def test_both_kills_happened_and_the_rerun_completed(runs: dict) -> None:
-    assert sorted(kill.job.split()[0] for kill in runs["kills"]) == ["score_shard", "train_defence"]
+def test_every_kill_happened_and_the_rerun_completed(runs: dict) -> None:
+    assert sorted(kill.job.split()[0] for kill in runs["kills"]) == ["attack_defence", "score_shard", "train_defence"]
     assert (runs["interrupted"] / "results" / "summary.tsv").exists()
 
 
@@ -208,8 +249,10 @@ def test_nothing_finished_before_a_kill_was_computed_again(runs: dict) -> None:
         assert kill.finished_files, kill.job
         changed = [path for path, identity in kill.finished_files.items() if after[0].get(path) != identity]
         assert changed == [], f"rewritten after the kill in {kill.job}: {changed}"
-        # Logs of finished jobs are untouched (logs are appended to, so a rerun would show).
-        finished_logs = {path: text for path, text in kill.logs.items() if _job_of_log(path) != kill.job}
+        # Logs of finished jobs are untouched (logs are appended to, so a rerun would show); a job
+        # killed by an earlier kill may not have finished yet.
+        killed = {other.job for other in runs["kills"]}
+        finished_logs = {path: text for path, text in kill.logs.items() if _job_of_log(path) not in killed}
         assert {path: after[1][path] for path in finished_logs} == finished_logs
 
 
@@ -254,10 +297,35 @@ def test_a_changed_config_recomputes_exactly_what_depends_on_it(runs: dict, tmp_
     assert not {"prepare_dataset", "pretrain_search_model", "train_defence"} & jobs.keys()
 
 
-def test_a_corrupted_cache_stops_the_job_that_reads_it(runs: dict, tmp_path: Path) -> None:
-    workdir = tmp_path / "corrupted"
+def _copy(runs: dict, tmp_path: Path, name: str) -> Path:
+    workdir = tmp_path / name
     shutil.copytree(runs["interrupted"], workdir, symlinks=True)
-    shard = workdir / "results/search/scores/repeat-0/shard-0000.h5"
+    return workdir
+
+
+def _run(workdir: Path, *options: str, config: Path | None = None) -> subprocess.CompletedProcess:
+    """Snakemake in ``workdir`` with the test's options, or with ``config`` in place of its override."""
+    command = snakemake_command(workdir, *options)
+    if config is not None:
+        command[command.index(str(workdir / "override.yaml"))] = str(config)
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+RECOVERY = re.compile(r"(\S+): ([^;\n]+?); recompute it with: snakemake --forcerun \1 <your usual options>")
+
+
+def refusals(result: subprocess.CompletedProcess) -> dict[str, str]:
+    """``{file: problem}`` for every file a failed run refused with the command that recomputes that file."""
+    return dict(RECOVERY.findall(result.stdout + result.stderr))
+
+
+def test_a_corrupted_cache_is_recomputed_by_the_command_its_error_prints(runs: dict, tmp_path: Path) -> None:
+    """The shard is refused by the selection, which Snakemake then deletes the outputs of: deleting the
+    shard alone would leave nothing to do. The printed command rescores it and finishes the run."""
+    workdir = _copy(runs, tmp_path, "corrupted")
+    name = "results/search/scores/repeat-0/shard-0000.h5"
+    shard = workdir / name
     mtime_ns = shard.stat().st_mtime_ns
     with h5py.File(shard, "r") as handle:
         offset = handle["policy/0/spri"].id.get_offset()
@@ -267,7 +335,82 @@ def test_a_corrupted_cache_stops_the_job_that_reads_it(runs: dict, tmp_path: Pat
         handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0xFF]))
     os.utime(shard, ns=(mtime_ns, mtime_ns))
-    result = subprocess.run(snakemake_command(workdir, "--forcerun", "select_policies"), cwd=workdir,
-                            capture_output=True, text=True, timeout=600)
+    result = _run(workdir, "--forcerun", "select_policies")
     assert result.returncode != 0
-    assert "results/search/scores/repeat-0/shard-0000.h5: content checksum mismatch" in result.stdout + result.stderr
+    assert refusals(result) == {name: "content checksum mismatch (corrupted file)"}
+    assert not (workdir / "results/search/ranking.tsv").exists()  # deleted with the failed job
+
+    recovered = _run(workdir, "--forcerun", name)
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    for output in ("results/search/ranking.tsv", "results/search/selection.json", "results/summary.tsv"):
+        assert (workdir / output).read_bytes() == (runs["reference"] / output).read_bytes(), output
+
+
+def test_swapped_and_edited_files_are_refused_naming_the_file_and_its_recovery(runs: dict, tmp_path: Path) -> None:
+    """Another defence's weights as a bare state_dict, another defence's attack file, an edited ranking."""
+    from ats.runtime.checkpoints import load_checkpoint
+
+    workdir = _copy(runs, tmp_path, "swapped")
+    defences = sorted(path.parent.name for path in (workdir / "results/train").glob("*/model.pt"))
+    victim, donor = "crop", next(defence for defence in defences if defence != "crop")
+    attack = f"results/attack/{victim}/init/inversed.h5"
+    shutil.copyfile(workdir / f"results/attack/{donor}/init/inversed.h5", workdir / attack)
+    ranking = workdir / "results/search/ranking.tsv"
+    ranking.write_text(ranking.read_text().replace("\tok\t", "\treference\t", 1))
+    result = _run(workdir, "--keep-going")
+    assert result.returncode != 0
+    refused = refusals(result)
+    assert refused[attack].startswith("made under a different configuration")
+    assert refused["results/search/ranking.tsv"] == "content checksum mismatch (edited or corrupted file)"
+
+    # The attack of the victim's final model is the job that reads it (and stops before the summary).
+    model = f"results/train/{victim}/model.pt"
+    torch.save(load_checkpoint(workdir / f"results/train/{donor}/model.pt")["state_dict"], workdir / model)
+    result = _run(workdir, "--keep-going")
+    assert result.returncode != 0
+    assert refusals(result)[model].startswith("a plain state_dict, not a checkpoint of this workflow")
+
+
+def test_reruns_need_no_write_access_beyond_the_owners(runs: dict, tmp_path: Path) -> None:
+    """Root ignores write protection; without CAP_DAC_OVERRIDE (what every cluster user lacks) a
+    read-only model, as earlier versions wrote, used to stop every rerun that needs a new one."""
+    workdir = _copy(runs, tmp_path, "not-root")
+    as_user = ["setpriv", "--bounding-set", "-dac_override", "--"]
+    probe = workdir / "read-only"
+    probe.write_text("")
+    probe.chmod(0o444)
+    denied = subprocess.run([*as_user, sys.executable, "-c", f"open({str(probe)!r}, 'a')"], capture_output=True,
+                            text=True)
+    assert denied.returncode != 0 and "PermissionError" in denied.stderr  # the capability is really gone
+    for model in (workdir / "results/train").glob("*/model.pt"):
+        model.chmod(0o444)
+    changed = yaml.safe_load((workdir / "override.yaml").read_text())
+    changed["training"]["epochs"] = EPOCHS + 1
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    command = snakemake_command(workdir, "--dry-run")
+    command[command.index(str(workdir / "override.yaml"))] = str(tmp_path / "changed.yaml")
+    result = subprocess.run([*as_user, *command], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ProtectedOutputException" not in result.stdout + result.stderr
+    assert re.search(r"^train_defence\s+\d+$", result.stdout, re.MULTILINE)
+
+
+def test_a_file_the_killed_master_left_is_never_mixed_with_a_later_config(runs: dict, tmp_path: Path) -> None:
+    """The orphaned attack job's file has no Snakemake records, so a config change does not rerun it;
+    the summary refuses it instead, and its printed command brings every attack to the new config."""
+    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("attack_defence")]
+    workdir = _copy(runs, tmp_path, "after-master-kill")
+    changed = yaml.safe_load((workdir / "override.yaml").read_text())
+    changed["attack"] = {"iterations": 5}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = _run(workdir, "--rerun-incomplete", config=tmp_path / "changed.yaml")
+    for _ in range(3):  # each refusal names one file; the orphan's is the only one expected
+        if result.returncode == 0:
+            break
+        [(path, problem)] = refusals(result).items()
+        assert path == f"results/attack/{kill.job.split()[1]}.h5" and "different configuration" in problem
+        result = _run(workdir, "--rerun-incomplete", "--forcerun", path, config=tmp_path / "changed.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in (workdir / "results/attack").rglob("*.h5"):
+        with h5py.File(path) as handle:
+            assert handle.attrs["iterations"] == 5, path
