@@ -105,9 +105,10 @@ retry_after_time_limit() {
   local configs=("$REPO/tests/config/test.yaml" "$REPO/tests/slurm/longer-training.yaml")
   local state=$dir/slurm/results/train/none/resume.pt job_log=$dir/slurm/results/logs/train_defence/none.log
   mkdir -p "$dir"
+  # The reference with the rule's 2 threads, as under Slurm: other thread counts add up differently.
   log "retry case: a 12-epoch training locally (the reference) and under Slurm"
   timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" --configfile "${configs[@]}" \
-    --directory "$dir/local" --cores 1 "$target" >"$dir/local.out" 2>&1 &
+    --directory "$dir/local" --cores 2 "$target" >"$dir/local.out" 2>&1 &
   local local_pid=$!
   timeout -k 30 "$WORKFLOW_LIMIT" "$SNAKEMAKE" --snakefile "$REPO/Snakefile" --configfile "${configs[@]}" \
     --directory "$dir/slurm" "${SLURM_PROFILES[@]}" "$target" >"$dir/slurm.out" 2>&1 &
@@ -131,7 +132,6 @@ retry_after_time_limit() {
   second_job=$(slurm_job_of "$job_log")
   [ -n "$second_job" ] && [ "$second_job" != "$first_job" ] || fail "no retry of job $first_job in $job_log"
   # The rule asks for 720 minutes per attempt: the retry, attempt 2, for 1440 (one day).
-  scontrol show job "$first_job" | grep -q "TimeLimit=00:00:01" || fail "job $first_job's limit was not cut"
   scontrol show job "$second_job" | grep -q "TimeLimit=1-00:00:00" \
     || fail "the retry $second_job did not ask for twice the runtime: $(scontrol show job "$second_job" | grep -o 'TimeLimit=[^ ]*')"
   grep -q "resuming from epoch [1-9][0-9]* of 12" "$job_log" || fail "the retry did not resume (see $job_log)"
