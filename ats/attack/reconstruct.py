@@ -413,7 +413,8 @@ def _attack_lbfgs(objective: _Objective, initial: torch.Tensor, targets: list[to
 
 def _in_chunks(run: Callable[[slice], _Trials], count: int, max_batch: int | None) -> _Trials:
     """Run attacks ``[0, count)`` in the fewest chunks of at most ``max_batch`` (``None``: all at
-    once), each of ⌈count / chunks⌉ but the last; halve the chunk on CUDA OOM.
+    once), each of ⌈count / chunks⌉ but the last; halve the chunk on CUDA OOM. (Policy-aware
+    attacks count groups of hypotheses here, each one target and restart.)
 
     Chunks are independent attacks, so the chunk size changes results only by the rounding of
     batched kernels. Evening the chunks out (32 attacks at most 30 at once: 16 + 16, not 30 + 2)
