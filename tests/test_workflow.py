@@ -42,8 +42,9 @@ def test_every_stage_writes_its_outputs(finished_run):
     summary = read_summary(results / "summary.tsv")
     defences = {row["defence"] for row in summary}
     assert {"none", "crop", "prune-70", *selection["top_k"]} <= defences
-    # tests/config/test.yaml attacks every defence at two training stages.
-    assert {(row["defence"], row["stage"]) for row in summary} == {(d, s) for d in defences for s in ("init", "final")}
+    # tests/config/test.yaml attacks every defence at two training stages, with two attacks.
+    assert sorted((row["defence"], row["stage"], row["attack"]) for row in summary) == sorted(
+        (d, s, a) for d in defences for s in ("init", "final") for a in ("inversed", "inversed-aware"))
     for row in summary:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["n_images"] == 2
@@ -64,6 +65,10 @@ def test_every_stage_writes_its_outputs(finished_run):
     with h5py.File(results / "attack" / "crop" / "init" / "inversed.h5") as attack:
         assert attack.attrs["attack"] == "inversed" and attack.attrs["stage"] == "init"
         assert attack["chance/train_mean/psnr"].shape == (2,)
+    if selection["hybrid"]:  # a policy-aware attack learns the draw of a policy's shared images
+        with h5py.File(results / "attack" / selection["hybrid"] / "final" / "inversed-aware.h5") as attack:
+            assert attack.attrs["policy_aware"] and attack["learned_draw/subpolicy"].shape == (2,)
+            assert set(attack["learned_draw/subpolicy"][:]) <= {0, 1}
 
 
 def test_logs_show_device_progress_and_timing(finished_run):
