@@ -187,6 +187,11 @@ SEMANTIC_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] 
         st.sampled_from([None, str(SCHEMA_PATH)]),
         st.one_of(st.just("/nonexistent/100.pth"), st.integers(), st.booleans()),
     ),
+    # A missing LPIPS backbone only skips LPIPS (the summarize log and the findings say so).
+    "report.lpips_backbone": (
+        st.sampled_from([None, str(SCHEMA_PATH), "/nonexistent/alexnet-owt-7be5be79.pth"]),
+        st.one_of(st.integers(), st.booleans(), st.just(["alexnet.pth"])),
+    ),
     # A source_dir must hold the data set (tests/test_config_validation.py gives one that does not).
     "dataset.source_dir": (st.none(), st.one_of(st.just("/nonexistent"), st.integers(), st.booleans())),
     "attack.attacks": (
