@@ -508,3 +508,25 @@ def test_leak_across_training_and_against_original_figures(tmp_path: Path):
     empty = tmp_path / "empty" / "against_original.svg"
     figures.plot_against_original(empty, [])
     assert "No attack was scored" in svg_text(empty)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Snakemake report's structure
+
+
+def test_report_categories_of_more_than_four_items_have_subcategories():
+    """A category of the HTML report with more than four items is split into subcategories."""
+    import re
+
+    rules = Path(__file__).resolve().parent.parent / "workflow" / "rules"
+    items = [match.group(1) for path in sorted(rules.glob("*.smk"))
+             for match in re.finditer(r"report\((.*?)\n\s*\)", path.read_text(), flags=re.DOTALL)]
+    categories: dict[str, list[str]] = {}
+    for item in items:
+        category = re.search(r'category="([^"]+)"', item)
+        assert category and "caption=" in item, f"a report item without category or caption: {item}"
+        categories.setdefault(category.group(1), []).append(item)
+    assert sum(len(group) for group in categories.values()) >= 14
+    for category, group in categories.items():
+        if len(group) > 4:
+            assert all("subcategory=" in item for item in group), f"category {category!r} needs subcategories"
