@@ -22,7 +22,7 @@ from ats.search.per_sample.reductions import (
 
 # Layers whose output picks one input by comparison. The folded conv rounds differently from the
 # conv and its BatchNorm, and near a tie that flips such a choice and with it the gradient path:
-# on the paper's max-pool ConvNet that multiplied the float32 S_pri error (docs/benchmarks.md).
+# on the paper's max-pool ConvNet that multiplied the float32 S_pri error (issue 15).
 # Models with any of them run unfolded.
 ARGMAX_LAYERS: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
