@@ -11,7 +11,7 @@ FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH_STAMP := $(VENV)/.torch-installed
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: setup run report test test-python test-slurm bench clean
+.PHONY: setup run report test test-fast test-python test-slurm lint bench clean
 
 setup: $(DEPS_STAMP) fashion-mnist
 
@@ -45,10 +45,20 @@ run: setup
 report: setup
 	$(BIN)/snakemake --cores 1 --report results/report.html
 
-test: setup test-python test-slurm
+test: setup lint test-python test-slurm
+
+# The edit-test loop: the unit tests, without the end-to-end workflow, Slurm and slow tests.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not workflow and not slurm and not slow"
 
 test-python: setup
 	$(BIN)/python -m pytest
+
+# Python (ruff), the rule files' formatting (snakefmt) and Snakemake's own best practices.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
 
 test-slurm: setup
 	timeout -k 30 3600 bash tests/slurm/run-slurm-test.sh

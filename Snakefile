@@ -12,8 +12,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from ats.config import ConfigFileError, read_config_file
+from ats.runtime.job_environment import share_package_with_jobs
 
 min_version("9.0")
+
+# Jobs import the ats package of this checkout, also from a rule's conda environment.
+share_package_with_jobs(workflow.basedir)
 
 
 DEMO_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
@@ -46,6 +50,6 @@ include: "workflow/rules/published.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs(),
-    default_target: True

@@ -51,9 +51,9 @@ def test_every_requirement_is_pinned_exactly():
 
 
 def test_environment_yml_installs_exactly_the_requirements():
-    pip_lines = environment_pip_lines()
-    assert pip_lines[-1] == "-e ."  # the ats package itself, after its dependencies
-    assert pip_lines[:-1] == requirement_lines()
+    # Not the ats package itself: the rules' conda environments are built from a copy of this file
+    # elsewhere, where "-e ." would name another folder; the workflow shares its checkout instead.
+    assert environment_pip_lines() == requirement_lines()
 
 
 def test_environment_yml_leaves_every_package_to_pip():
@@ -94,3 +94,23 @@ def test_pins_satisfy_pyproject_dependencies():
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{line} is declared in pyproject.toml but not pinned"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {line}"
+
+
+def test_jobs_import_the_checkout_that_planned_them(monkeypatch):
+    """The Snakefile puts its checkout first on the jobs' PYTHONPATH, once however often it is parsed."""
+    import os
+
+    from ats.runtime.job_environment import share_package_with_jobs
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", "/repo"]))
+    share_package_with_jobs("/repo")
+    share_package_with_jobs("/repo")
+    assert os.environ["PYTHONPATH"] == os.pathsep.join(["/repo", "/elsewhere"])
+
+
+def test_every_rule_runs_in_the_conda_environment():
+    """`snakemake --lint` asks every rule for a software environment; they all share environment.yml."""
+    rules = (ROOT / "workflow" / "rules").glob("*.smk")
+    text = "\n".join(path.read_text(encoding="utf-8") for path in rules)
+    assert text.count("script:") == text.count("conda:\n") > 20
+    assert re.search(r'^CONDA_ENVIRONMENT = "\.\./\.\./environment\.yml"$', text, re.MULTILINE)

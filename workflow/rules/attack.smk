@@ -7,6 +7,17 @@ rule attack_defence:
         model=get_attacked_model,
     output:
         "results/attack/{defence}/{stage}/{attack}.h5",
+    log:
+        "results/logs/attack_defence/{defence}/{stage}/{attack}.log",
+    benchmark:
+        "results/benchmarks/attack_defence/{defence}/{stage}/{attack}.tsv"
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=scaled_runtime(720),
     params:
         arch=MODEL,
         defence="{defence}",
@@ -24,14 +35,5 @@ rule attack_defence:
         normalisation=config["dataset"]["normalisation"],
         model_fingerprint=get_model_fingerprint,
         fingerprint=get_attack_fingerprint,
-    log:
-        "results/logs/attack_defence/{defence}/{stage}/{attack}.log",
-    benchmark:
-        "results/benchmarks/attack_defence/{defence}/{stage}/{attack}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=scaled_runtime(720),
     script:
         "../scripts/attack.py"

@@ -6,6 +6,9 @@
 # ats.search.eval_set for the evaluation images' fingerprint (numpy and h5py, no torch).
 
 import math
+import os
+import stat
+from pathlib import Path
 from types import SimpleNamespace
 
 import jsonschema
@@ -42,12 +45,29 @@ def _validate_config():
 
 _validate_config()
 
+
+def _unprotect_models_of_earlier_versions():
+    """Earlier versions wrote models read-only (protected()); give their owner write access back,
+    so that a rerun by a user who is not root can replace them (docs/robustness.md)."""
+    for model in Path("results/train").glob("*/model.pt"):
+        mode = model.stat().st_mode
+        if not mode & stat.S_IWUSR and model.stat().st_uid == os.getuid():
+            model.chmod(mode | stat.S_IWUSR)
+
+
+_unprotect_models_of_earlier_versions()
+
 DATASET = config["dataset"]["name"]
 SEARCH = config["search"]
 SEARCH_ENABLED = not SEARCH["pinned_policies"]
-MODEL = model_choice(config["model"])  # model.arch, or the user's model.class with its kwargs
+MODEL = model_choice(
+    config["model"]
+)  # model.arch, or the user's model.class with its kwargs
 NUM_CLASSES = dataset_spec(DATASET).num_classes
 CHANNELS = dataset_spec(DATASET).channels
+# Every rule's software environment under --software-deployment-method conda (relative to the rule
+# files). It does not install the ats package: the Snakefile puts this checkout on the jobs' PYTHONPATH.
+CONDA_ENVIRONMENT = "../../environment.yml"
 
 
 wildcard_constraints:
@@ -90,7 +110,9 @@ def get_pretrain_fingerprint():
 
 
 def get_eval_set_fingerprint():
-    return eval_set_fingerprint(DATASET, privacy=SEARCH["privacy"], accuracy=SEARCH["accuracy"])
+    return eval_set_fingerprint(
+        DATASET, privacy=SEARCH["privacy"], accuracy=SEARCH["accuracy"]
+    )
 
 
 def get_shard_fingerprint(wildcards):
@@ -127,7 +149,15 @@ def get_selection_fingerprint(wildcards=None):
 
 def get_training_settings():
     """Training settings shared by every defence (the defence itself is a wildcard)."""
-    keys = ("epochs", "batch_size", "train_fraction", "eval_every", "test_images", "amp", "compile")
+    keys = (
+        "epochs",
+        "batch_size",
+        "train_fraction",
+        "eval_every",
+        "test_images",
+        "amp",
+        "compile",
+    )
     return {key: config["training"][key] for key in keys}
 
 
@@ -144,8 +174,14 @@ def get_train_fingerprint(wildcards):
 
 
 def get_attack_settings():
-    keys = ("first_target", "num_targets", "iterations", "transformed_target",
-            "defend_observed_gradient", "label_recovery")
+    keys = (
+        "first_target",
+        "num_targets",
+        "iterations",
+        "transformed_target",
+        "defend_observed_gradient",
+        "label_recovery",
+    )
     return {key: config["attack"][key] for key in keys}
 
 
@@ -153,7 +189,9 @@ def get_model_fingerprint(wildcards):
     """The fingerprint of the model attacked at ``wildcards.stage``: the trained one, or a snapshot."""
     if wildcards.stage == FINAL:
         return get_train_fingerprint(wildcards)
-    return fingerprint({"train": get_train_fingerprint(wildcards), "stage": wildcards.stage})
+    return fingerprint(
+        {"train": get_train_fingerprint(wildcards), "stage": wildcards.stage}
+    )
 
 
 def get_attack_fingerprint(wildcards):
@@ -169,7 +207,9 @@ def get_attack_fingerprint(wildcards):
 def get_attack_fingerprints(wildcards=None):
     """The fingerprints of get_attack_files(), in the same order, for the jobs that read them."""
     return [
-        get_attack_fingerprint(SimpleNamespace(defence=defence, stage=stage, attack=attack))
+        get_attack_fingerprint(
+            SimpleNamespace(defence=defence, stage=stage, attack=attack)
+        )
         for defence in get_defences()
         for stage in get_stages()
         for attack in get_attacks()
@@ -242,7 +282,9 @@ def get_chosen_policies(wildcards=None):
     if not SEARCH_ENABLED:
         return list(SEARCH["pinned_policies"])
     selection_file = checkpoints.select_policies.get().output.selection
-    selection = read_verified_json(selection_file, expected_fingerprint=get_selection_fingerprint())
+    selection = read_verified_json(
+        selection_file, expected_fingerprint=get_selection_fingerprint()
+    )
     chosen = list(selection["top_k"])
     if selection.get("hybrid"):
         chosen.append(selection["hybrid"])
@@ -274,7 +316,10 @@ def get_train_histories(wildcards=None):
 
 def get_train_fingerprints(wildcards=None):
     """The fingerprints of get_train_metrics() and get_train_histories(), in the same order."""
-    return [get_train_fingerprint(SimpleNamespace(defence=defence)) for defence in get_defences()]
+    return [
+        get_train_fingerprint(SimpleNamespace(defence=defence))
+        for defence in get_defences()
+    ]
 
 
 def get_stages():

@@ -4,18 +4,20 @@
 rule prepare_dataset:
     output:
         "results/data/{dataset}.h5",
-    params:
-        source_dir=config["dataset"]["source_dir"],
-        download=config["dataset"]["download"],
-        download_root="results/downloads",
     log:
         "results/logs/prepare_dataset/{dataset}.log",
     benchmark:
         "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        source_dir=config["dataset"]["source_dir"],
+        download=config["dataset"]["download"],
+        download_root="results/downloads",
     script:
         "../scripts/prepare_dataset.py"
 

@@ -14,14 +14,16 @@ rule compare_published:
             subcategory="Tables and verdicts",
             labels={"table": "published figures beside this run"},
         ),
+    log:
+        "results/logs/compare_published.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         setting=config["report"]["published_setting"],
         selection_fingerprint=get_selection_fingerprint,
         dataset=config["dataset"]["name"],
         arch=model_name(MODEL),
-    log:
-        "results/logs/compare_published.log",
-    threads: 1
     script:
         "../scripts/compare_published.py"
 

@@ -14,6 +14,11 @@ rule summarize:
             subcategory="Tables and verdicts",
             labels={"table": "defences against attacks"},
         ),
+    log:
+        "results/logs/summarize.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         defences=get_defences,
         stages=get_stages(),
@@ -22,9 +27,6 @@ rule summarize:
         train_fingerprints=get_train_fingerprints,
         seed=config["seed"],
         lpips_backbone=config["report"]["lpips_backbone"],
-    log:
-        "results/logs/summarize.log",
-    threads: 1
     script:
         "../scripts/summarize.py"
 
@@ -40,15 +42,17 @@ rule plot_reconstructions:
             category="Attacks",
             labels={"figure": "reconstructions"},
         ),
+    log:
+        "results/logs/plot_reconstructions.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
         attack_fingerprints=get_attack_fingerprints,
         grid_images=config["report"]["grid_images"],
-    log:
-        "results/logs/plot_reconstructions.log",
-    threads: 1
     script:
         "../scripts/plot_reconstructions.py"
 
@@ -64,14 +68,16 @@ rule plot_psnr_distributions:
             category="Attacks",
             labels={"figure": "PSNR distributions"},
         ),
+    log:
+        "results/logs/plot_psnr_distributions.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
         attack_fingerprints=get_attack_fingerprints,
-    log:
-        "results/logs/plot_psnr_distributions.log",
-    threads: 1
     script:
         "../scripts/plot_psnr_distributions.py"
 
@@ -89,6 +95,8 @@ rule plot_privacy_utility:
         ),
     log:
         "results/logs/plot_privacy_utility.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
     script:
         "../scripts/plot_privacy_utility.py"
@@ -106,11 +114,13 @@ rule plot_spri_vs_psnr:
             subcategory="Figures",
             labels={"figure": "does S_pri predict the attack?"},
         ),
-    params:
-        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_spri_vs_psnr.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
+    params:
+        selection_fingerprint=get_selection_fingerprint,
     script:
         "../scripts/plot_spri_vs_psnr.py"
 
@@ -126,11 +136,13 @@ rule write_findings:
             subcategory="Tables and verdicts",
             labels={"page": "findings in words"},
         ),
-    params:
-        lpips_backbone=config["report"]["lpips_backbone"],
     log:
         "results/logs/write_findings.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
+    params:
+        lpips_backbone=config["report"]["lpips_backbone"],
     script:
         "../scripts/write_findings.py"
 
@@ -148,6 +160,8 @@ rule plot_leak_across_training:
         ),
     log:
         "results/logs/plot_leak_across_training.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
     script:
         "../scripts/plot_leak_across_training.py"
@@ -165,6 +179,8 @@ rule plot_against_original:
         ),
     log:
         "results/logs/plot_against_original.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
     script:
         "../scripts/plot_against_original.py"

@@ -7,19 +7,21 @@ if SEARCH["pretrain"]["checkpoint"]:
             checkpoint=SEARCH["pretrain"]["checkpoint"],
         output:
             model=get_search_model(),
+        log:
+            "results/logs/import_search_model.log",
+        benchmark:
+            "results/benchmarks/import_search_model.tsv"
+        conda:
+            CONDA_ENVIRONMENT
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
         params:
             arch=MODEL,
             num_classes=NUM_CLASSES,
             channels=CHANNELS,
             fingerprint=get_pretrain_fingerprint(),
-        log:
-            "results/logs/import_search_model.log",
-        benchmark:
-            "results/benchmarks/import_search_model.tsv"
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=10,
         script:
             "../scripts/import_search_model.py"
 
@@ -32,6 +34,17 @@ else:
             model=get_search_model(),
             history="results/search/pretrained/history.tsv",
             metrics="results/search/pretrained/metrics.json",
+        log:
+            "results/logs/pretrain_search_model.log",
+        benchmark:
+            "results/benchmarks/pretrain_search_model.tsv"
+        conda:
+            CONDA_ENVIRONMENT
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=scaled_runtime(240),
         params:
             arch=MODEL,
             defence="crop",
@@ -47,15 +60,6 @@ else:
             normalisation=config["dataset"]["normalisation"],
             state="results/search/pretrained/resume.pt",
             fingerprint=get_pretrain_fingerprint(),
-        log:
-            "results/logs/pretrain_search_model.log",
-        benchmark:
-            "results/benchmarks/pretrain_search_model.tsv"
-        threads: 2
-        resources:
-            gpu=1,
-            mem_mb=16000,
-            runtime=scaled_runtime(240),
         script:
             "../scripts/train.py"
 
@@ -63,12 +67,14 @@ else:
 rule list_candidates:
     output:
         "results/search/candidates.tsv",
+    log:
+        "results/logs/list_candidates.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         candidates=get_candidates(),
         shard_size=SEARCH["shard_size"],
-    log:
-        "results/logs/list_candidates.log",
-    threads: 1
     script:
         "../scripts/list_candidates.py"
 
@@ -78,6 +84,16 @@ rule build_eval_set:
         dataset=get_dataset_file(),
     output:
         "results/search/eval_images.h5",
+    log:
+        "results/logs/build_eval_set.log",
+    benchmark:
+        "results/benchmarks/build_eval_set.tsv"
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
     params:
         mode=SEARCH["privacy"]["images"],
         num_samples=SEARCH["privacy"]["num_samples"],
@@ -85,14 +101,6 @@ rule build_eval_set:
         start=SEARCH["accuracy"]["start"],
         window=SEARCH["accuracy"]["window"],
         fingerprint=get_eval_set_fingerprint(),
-    log:
-        "results/logs/build_eval_set.log",
-    benchmark:
-        "results/benchmarks/build_eval_set.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=10,
     script:
         "../scripts/build_eval_set.py"
 
@@ -106,8 +114,20 @@ rule score_shard:
         model=get_search_model(),
     output:
         "results/search/scores/repeat-{repeat}/shard-{shard}.h5",
+    log:
+        "results/logs/score_shard/repeat-{repeat}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/score_shard/repeat-{repeat}/shard-{shard}.tsv"
     wildcard_constraints:
         repeat=r"\d+",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        # Two minutes per policy, more than the original needed on a shared GPU (docs/original-code.md §10.4).
+        runtime=max(30, 2 * SEARCH["shard_size"]),
     params:
         policies=get_shard_policies,
         arch=MODEL,
@@ -120,16 +140,6 @@ rule score_shard:
         fingerprint=get_shard_fingerprint,
         model_fingerprint=get_pretrain_fingerprint(),
         eval_set_fingerprint=get_eval_set_fingerprint(),
-    log:
-        "results/logs/score_shard/repeat-{repeat}/shard-{shard}.log",
-    benchmark:
-        "results/benchmarks/score_shard/repeat-{repeat}/shard-{shard}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        # Two minutes per policy, more than the original needed on a shared GPU (docs/original-code.md §10.4).
-        runtime=max(30, 2 * SEARCH["shard_size"]),
     script:
         "../scripts/score_shard.py"
 
@@ -145,6 +155,11 @@ checkpoint select_policies:
             labels={"table": "policy ranking"},
         ),
         selection="results/search/selection.json",
+    log:
+        "results/logs/select_policies.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         rule=SEARCH["selection"]["rule"],
         alpha=SEARCH["selection"]["alpha"],
@@ -155,9 +170,6 @@ checkpoint select_policies:
         seed=config["seed"],
         shard_fingerprints=get_shard_fingerprints,
         fingerprint=get_selection_fingerprint,
-    log:
-        "results/logs/select_policies.log",
-    threads: 1
     script:
         "../scripts/select_policies.py"
 
@@ -173,11 +185,13 @@ rule plot_spri_vs_sacc:
             category="Search",
             labels={"figure": "S_pri against S_acc"},
         ),
-    params:
-        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_spri_vs_sacc.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
+    params:
+        selection_fingerprint=get_selection_fingerprint,
     script:
         "../scripts/plot_spri_vs_sacc.py"
 
@@ -193,12 +207,14 @@ rule plot_gradsim_curves:
             category="Search",
             labels={"figure": "gradient similarity along the path"},
         ),
+    log:
+        "results/logs/plot_gradsim_curves.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         shard_fingerprints=get_first_repeat_shard_fingerprints,
         selection_fingerprint=get_selection_fingerprint,
-    log:
-        "results/logs/plot_gradsim_curves.log",
-    threads: 1
     script:
         "../scripts/plot_gradsim_curves.py"
 
@@ -213,10 +229,12 @@ rule plot_per_op_spri:
             category="Search",
             labels={"figure": "S_pri per single op"},
         ),
-    params:
-        selection_fingerprint=get_selection_fingerprint,
     log:
         "results/logs/plot_per_op_spri.log",
+    conda:
+        CONDA_ENVIRONMENT
     threads: 1
+    params:
+        selection_fingerprint=get_selection_fingerprint,
     script:
         "../scripts/plot_per_op_spri.py"

@@ -6,21 +6,6 @@
 # used wrongly instead: it is replaced only atomically, by its own job, and every job that reads it
 # checks its fingerprint and checksum (docs/robustness.md).
 
-import os
-import stat
-from pathlib import Path
-
-
-def _unprotect_models_of_earlier_versions():
-    """Earlier versions wrote models read-only; give their owner write access back, once."""
-    for model in Path("results/train").glob("*/model.pt"):
-        mode = model.stat().st_mode
-        if not mode & stat.S_IWUSR and model.stat().st_uid == os.getuid():
-            model.chmod(mode | stat.S_IWUSR)
-
-
-_unprotect_models_of_earlier_versions()
-
 
 rule train_defence:
     input:
@@ -29,6 +14,17 @@ rule train_defence:
         model="results/train/{defence}/model.pt",
         history="results/train/{defence}/history.tsv",
         metrics="results/train/{defence}/metrics.json",
+    log:
+        "results/logs/train_defence/{defence}.log",
+    benchmark:
+        "results/benchmarks/train_defence/{defence}.tsv"
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=scaled_runtime(720),
     params:
         arch=MODEL,
         defence="{defence}",
@@ -44,15 +40,6 @@ rule train_defence:
         normalisation=config["dataset"]["normalisation"],
         state="results/train/{defence}/resume.pt",
         fingerprint=get_train_fingerprint,
-    log:
-        "results/logs/train_defence/{defence}.log",
-    benchmark:
-        "results/benchmarks/train_defence/{defence}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=scaled_runtime(720),
     script:
         "../scripts/train.py"
 
@@ -62,6 +49,17 @@ rule snapshot_defence:
         dataset=get_dataset_file(),
     output:
         model="results/train/{defence}/snapshots/{stage}.pt",
+    log:
+        "results/logs/snapshot_defence/{defence}/{stage}.log",
+    benchmark:
+        "results/benchmarks/snapshot_defence/{defence}/{stage}.tsv"
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=scaled_runtime(720),
     params:
         arch=MODEL,
         defence="{defence}",
@@ -77,15 +75,6 @@ rule snapshot_defence:
         device=config["device"],
         normalisation=config["dataset"]["normalisation"],
         fingerprint=get_model_fingerprint,
-    log:
-        "results/logs/snapshot_defence/{defence}/{stage}.log",
-    benchmark:
-        "results/benchmarks/snapshot_defence/{defence}/{stage}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=scaled_runtime(720),
     script:
         "../scripts/train.py"
 
@@ -100,11 +89,13 @@ rule plot_training_curves:
             category="Training",
             labels={"figure": "training curves"},
         ),
+    log:
+        "results/logs/plot_training_curves.log",
+    conda:
+        CONDA_ENVIRONMENT
+    threads: 1
     params:
         defences=get_defences,
         train_fingerprints=get_train_fingerprints,
-    log:
-        "results/logs/plot_training_curves.log",
-    threads: 1
     script:
         "../scripts/plot_training_curves.py"
