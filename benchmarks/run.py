@@ -203,8 +203,9 @@ def time_alternating(functions: dict[str, Callable[[], Any]], device: torch.devi
 
     The warm-up (``warmup_calls`` calls of ``warmups[name]``, a cheaper version of the same work
     with the same tensor shapes, or else of the function itself) pays for one-off costs: allocator
-    growth, oneDNN primitive creation, CUDA kernel loading and cuDNN autotuning. Alternating (rather than timing all rounds
-    of one function, then the next) spreads load from other processes over both sides of a ratio.
+    growth, oneDNN primitive creation, CUDA kernel loading and cuDNN autotuning. Alternating
+    (rather than timing all rounds of one function, then the next) spreads load from other
+    processes over both sides of a ratio.
     """
     for _ in range(warmup_calls):
         for name, function in functions.items():

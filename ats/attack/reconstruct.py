@@ -33,8 +33,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -216,7 +216,7 @@ class _Trials:
     draw: RelaxedDraw | None = None
 
     @staticmethod
-    def concatenate(parts: Sequence["_Trials"]) -> "_Trials":
+    def concatenate(parts: Sequence[_Trials]) -> _Trials:
         return _Trials(
             images=torch.cat([p.images for p in parts]),
             final_cost=torch.cat([p.final_cost for p in parts]),
@@ -593,7 +593,8 @@ def reconstruct(
 
 
 def _known_preprocessing(config: AttackConfig, mode: str, policy: Policy, source_size: int | None,
-                         image_shape: Sequence[int], mean: torch.Tensor, std: torch.Tensor) -> _KnownPreprocessing | None:
+                         image_shape: Sequence[int], mean: torch.Tensor,
+                         std: torch.Tensor) -> _KnownPreprocessing | None:
     """The preprocessing a policy-aware ``config`` inverts; None for the other attacks and when the
     preprocessing has no random draw (then there is nothing to learn)."""
     if not config.policy_aware or not has_unknown_draw(mode, policy):

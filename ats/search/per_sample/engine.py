@@ -48,7 +48,8 @@ def check_registered(model: nn.Module) -> None:
         if refusal is not None:
             raise UnregisteredLayerError(f"{where}: {refusal} is not supported by its registered statistics; "
                                          f"use method='vmap'")
-        odd = [key for key, parameter in parameters.items() if key not in ("weight", "bias") or owners[id(parameter)] > 1]
+        odd = [key for key, parameter in parameters.items()
+               if key not in ("weight", "bias") or owners[id(parameter)] > 1]
         if odd:
             raise UnregisteredLayerError(f"{where}: parameters {', '.join(odd)} are shared with another layer or "
                                          f"not its weight or bias; use method='vmap'")

@@ -64,7 +64,8 @@ class FoldedConvBatchNorm:
                                 False, 0.0, norm.eps)
         self.pre_norm_output = None
         scale, shift = self._scale_and_shift()
-        return conv._conv_forward(layer_input, conv.weight * scale.view(-1, 1, 1, 1), torch.addcmul(norm.bias, shift, scale))
+        return conv._conv_forward(layer_input, conv.weight * scale.view(-1, 1, 1, 1),
+                                  torch.addcmul(norm.bias, shift, scale))
 
     def statistics(self, layer_input: Tensor, output_grad: Tensor, points: int) -> tuple[LayerStats, LayerStats]:
         """The conv's statistics (weight, bias) and the BatchNorm's (γ, β)."""
@@ -88,8 +89,8 @@ class FoldedConvBatchNorm:
 
 
 # Traced (conv, BatchNorm) pairs per model, with the module identities they were found for.
-_PAIRS_BY_MODEL: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], list[tuple[nn.Conv2d, nn.BatchNorm2d]]]] = (
-    weakref.WeakKeyDictionary())
+_PAIRS_BY_MODEL: weakref.WeakKeyDictionary[
+    nn.Module, tuple[tuple[int, ...], list[tuple[nn.Conv2d, nn.BatchNorm2d]]]] = weakref.WeakKeyDictionary()
 
 
 def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
