@@ -116,7 +116,7 @@ def score_policy(policy: str, *, model: nn.Module, data: DatasetArrays, eval_set
                  model_class: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
                  seed: int | None = None, repeat: int = 0, device: str = "auto", normalisation: str | None = None,
                  bins: int | None = None, chunk_size: int | None = None) -> PolicyScores:
-    """S_pri (on ``model``, the tiny-data search model) and S_acc (on an untrained model of the same kind) of ``policy``.
+    """S_pri (on ``model``, the tiny-data search model) and S_acc (on an untrained model of that kind) of ``policy``.
 
     Exactly the scores a score shard of the workflow stores for ``policy``
     (:func:`ats.search.scoring.score_policies`); ``.spri_mean`` and ``.sacc_mean`` are the ranking

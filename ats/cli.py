@@ -219,10 +219,10 @@ def _run_attack(arguments: argparse.Namespace) -> int:
         defence=arguments.defence, stage=arguments.stage, attack=arguments.attack,
         target_indices=range(first, first + count), settings=settings)
     started = time.perf_counter()
-    attack_defence(dataset_h5=dataset_file, checkpoint=arguments.checkpoint, model_fingerprint=arguments.model_fingerprint,
-                   arch=model, defence=arguments.defence, stage=arguments.stage, attack=arguments.attack,
-                   first_target=first, num_targets=count, device=arguments.device, out_h5=arguments.out,
-                   fingerprint=file_fingerprint, **settings)
+    attack_defence(dataset_h5=dataset_file, checkpoint=arguments.checkpoint,
+                   model_fingerprint=arguments.model_fingerprint, arch=model, defence=arguments.defence,
+                   stage=arguments.stage, attack=arguments.attack, first_target=first, num_targets=count,
+                   device=arguments.device, out_h5=arguments.out, fingerprint=file_fingerprint, **settings)
     seconds = time.perf_counter() - started
     arrays, attrs = read_h5(arguments.out, expected_fingerprint=file_fingerprint)
     print(f"{arguments.out}: {attrs['attack']} ({attrs['iterations']} iterations) on test images {first}-"

@@ -49,7 +49,8 @@ def test_models_are_built_from_a_seed_and_loaded_from_checkpoints(case) -> None:
     again = api.build("fashion-mnist", "ConvNet8", seed=4)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
     loaded = api.load(checkpoint, "fashion-mnist", "ConvNet8", expected_fingerprint="fp")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
     custom = api.build("fashion-mnist", model_class="tests.custom_models:TinyNet", model_kwargs={"width": 2})
     assert isinstance(custom, TinyNet) and custom.classifier.in_features == 4
     with pytest.raises(ValueError, match="model_class only"):

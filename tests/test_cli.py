@@ -1,4 +1,5 @@
-"""The command line (``ats attack``, ``ats score``): the workflow's files, read back by its readers, and clear errors."""
+"""The command line (``ats attack``, ``ats score``): the workflow's files, read back by its readers,
+and clear errors."""
 
 from __future__ import annotations
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
-
 from workflow_helpers import REPO, TEST_CONFIG, snakemake
 
 FOUR_BY_TWELVE = {"epochs": 4, "train_fraction": 0.025, "batch_size": 125}
@@ -31,7 +29,8 @@ BAD_CONFIGS = [
     ({"device": "gpu"}, ["device", "auto", "cuda"]),
     ({"attack": {"attacks": ["deepleakage"]}}, ["attack.attacks", "inversed"]),
     ({"search": {"selection": {"top_k": 0}}}, ["search.selection.top_k", "minimum"]),
-    ({"search": {"pretrain": {"checkpoint": "/nonexistent/100.pth"}}}, ["search.pretrain.checkpoint", "does not exist"]),
+    ({"search": {"pretrain": {"checkpoint": "/nonexistent/100.pth"}}},
+     ["search.pretrain.checkpoint", "does not exist"]),
     ({"training": {"validation_policies": [17]}}, ["training.validation_policies", "string"]),
     # What JSON Schema lets through: integral floats count as integers, NaN passes every bound.
     ({"training": {"epochs": 5.0}}, ["training.epochs", "must be an integer, got 5.0"]),
@@ -64,6 +63,7 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,expected", BAD_CONFIGS, ids=[str(c[0]) for c in BAD_CONFIGS])
 def test_bad_config_stops_before_any_job(tmp_path, override, expected):
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", config=override, timeout=120)

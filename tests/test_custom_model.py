@@ -36,7 +36,8 @@ def test_a_class_is_built_with_its_kwargs_and_the_data_set_arguments_it_names() 
     assert model.features[0].in_channels == 1 and model.features[0].out_channels == 3
     torch.manual_seed(0)
     reference = TinyNet(num_classes=10, num_channels=1, width=3)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
     assert isinstance(build_model(CustomModel("tests.custom_models:TenWayMLP", {"hidden": 5}), 10, 1), TenWayMLP)
 
 

@@ -215,8 +215,8 @@ def test_missing_cifar_error_says_how_to_get_it(tmp_path: Path) -> None:
                            download=False)
 
 
-def test_source_dir_wins_over_the_system_folder_and_is_the_only_place_looked_at(tmp_path: Path, write_fashion_mnist, monkeypatch,
-                                                caplog) -> None:
+def test_source_dir_wins_over_the_system_folder_and_is_the_only_place_looked_at(tmp_path: Path, write_fashion_mnist,
+                                                                                 monkeypatch, caplog) -> None:
     write_fashion_mnist(tmp_path / "mine", per_class=1)
     write_fashion_mnist(tmp_path / "system", per_class=2)
     monkeypatch.setitem(datasets.SYSTEM_DATA_DIRS, "fashion-mnist", (tmp_path / "system",))

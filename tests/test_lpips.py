@@ -86,8 +86,8 @@ def test_lpips_equals_torchmetrics_own_lpips_with_the_same_backbone(monkeypatch:
     images, references = rng.uniform(0, 1, (2, 3, 3, 32, 32))
     ours = lpips.LpipsScorer(tmp_path / "alex.pth")(images, references)
     reference = [float(learned_perceptual_image_patch_similarity(
-        torch.as_tensor(images[i:i + 1], dtype=torch.float32), torch.as_tensor(references[i:i + 1], dtype=torch.float32),
-        net_type="alex", normalize=True)) for i in range(3)]
+        torch.as_tensor(images[i:i + 1], dtype=torch.float32),
+        torch.as_tensor(references[i:i + 1], dtype=torch.float32), net_type="alex", normalize=True)) for i in range(3)]
     assert ours == pytest.approx(reference, rel=1e-5)
 
 

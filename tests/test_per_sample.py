@@ -39,7 +39,8 @@ def _naive_stats(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, p
                  for x, y in zip(inputs, labels)]
     stats = {}
     for index, name in enumerate(names):
-        rows = torch.stack([gradient[index].flatten() for gradient in gradients]).view(-1, points, parameters[index].numel())
+        rows = torch.stack([gradient[index].flatten() for gradient in gradients])
+        rows = rows.view(-1, points, parameters[index].numel())
         stats[name] = ((rows * rows[:, -1:]).sum(dim=-1), rows.square().sum(dim=-1))
     return stats
 

@@ -86,6 +86,7 @@ def test_inversed_aware_is_inversed_plus_the_draw() -> None:
             dataclasses.replace(aware, hypothesis_warmup=warmup, hypotheses_kept=kept)
 
 
+@pytest.mark.slow
 def test_a_translated_image_is_recovered_with_its_shift() -> None:
     """translateX ±8.06 px (op 21) moves each image by 8 pixels, one left, one right."""
     policy = parse_policy("21")
@@ -121,6 +122,7 @@ def test_with_nothing_to_learn_the_policy_aware_attack_is_inversed(mode: str, po
     assert results[1].draw is None
 
 
+@pytest.mark.slow
 def test_batched_policy_aware_attacks_equal_attacks_run_one_at_a_time_in_float64() -> None:
     policy = parse_policy("7-1+9")  # 4 + 1 hypotheses: translateY and contrast directions, or equalize
     draw = AugmentationDraw(torch.tensor([[3, 5], [6, 1], [4, 4]]), torch.tensor([False, True, False]),
@@ -147,8 +149,8 @@ def test_batched_policy_aware_attacks_equal_attacks_run_one_at_a_time_in_float64
 def test_crop_mode_and_28_pixel_images() -> None:
     """Fashion-MNIST: the attacker's x is the 28-pixel image, cropped from its padding to 32."""
     policy = parse_policy("43")
-    draw = AugmentationDraw(torch.tensor([[0, 3], [4, 1]]), torch.tensor([True, False]), torch.zeros(2, dtype=torch.long),
-                            torch.tensor([[1.0], [-1.0]]))
+    draw = AugmentationDraw(torch.tensor([[0, 3], [4, 1]]), torch.tensor([True, False]),
+                            torch.zeros(2, dtype=torch.long), torch.tensor([[1.0], [-1.0]]))
     model, _, _, labels, observed = shared_case(policy, draw, "crop", channels=1, size=28)
     result = reconstruct(model, observed, labels, get_attack("inversed-aware"), (1, 32, 32), MEAN[:1], STD[:1],
                          generators(2), 4, policy=policy, augmentation_mode="crop", source_size=28)

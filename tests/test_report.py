@@ -225,8 +225,8 @@ def test_gradsim_curves_show_mean_and_area_per_label(tmp_path: Path):
 
 def test_per_op_spri_sorts_most_private_first_and_lists_nan_last(tmp_path: Path):
     path = tmp_path / "per_op.svg"
-    figures.plot_per_op_spri(path, {0: 0.5, 1: 0.2, 2: float("nan"), 3: 0.9}, {0: "invert", 1: "translateX", 3: "rotate"},
-                             reference=0.8)
+    figures.plot_per_op_spri(path, {0: 0.5, 1: 0.2, 2: float("nan"), 3: 0.9},
+                             {0: "invert", 1: "translateX", 3: "rotate"}, reference=0.8)
     text = svg_text(path)
     assert text.index("1: translateX") < text.index("0: invert") < text.index("3: rotate") < text.index("2: op 2")
     assert "n/a" in text and "no transform (0.800)" in text
@@ -330,7 +330,8 @@ def spri_point(defence: str, s_pri: float, psnr: float, *, attack: str = "invers
 def test_spri_vs_psnr_reports_correlations_and_their_number_of_points(tmp_path: Path):
     path = tmp_path / "spri_vs_psnr.svg"
     figures.plot_spri_vs_psnr(path, [spri_point("3-1-7", 0.2, 10.0), spri_point("43-18-18", 0.3, 12.0),
-                                     spri_point("none", 0.8, 22.0), spri_point("pinned", float("nan"), 15.0, source="")])
+                                     spri_point("none", 0.8, 22.0),
+                                     spri_point("pinned", float("nan"), 15.0, source="")])
     text = svg_text(path)
     for expected in ("Pearson r = 1.00", "Spearman ρ = 1.00", "(n = 3)", "none (no transform)", "least-squares line",
                      "not shown (no S_pri or no finite PSNR): pinned", "chance level"):
@@ -493,7 +494,8 @@ def test_leak_across_training_and_against_original_figures(tmp_path: Path):
             metrics.update({f"chance/{g}/psnr": np.full(3, 9.0) for g in ("black", "train_mean")})
             metrics.update({f"chance/{g}/ssim": np.full(3, 0.1) for g in ("black", "train_mean")})
             metrics.update({"psnr_original": metrics["psnr"] - 1, "ssim_original": metrics["ssim"],
-                            "chance_original/black/psnr": np.full(3, 8.0), "chance_original/black/ssim": np.full(3, 0.1)})
+                            "chance_original/black/psnr": np.full(3, 8.0),
+                            "chance_original/black/ssim": np.full(3, 0.1)})
             records.append({**metrics, "defence": defence, "stage": stage, "attack": "inversed", "training_step": step})
     rows = summary_rows(records, {"none": 0.9, "3-1-7": 0.8}, seed=0)
     leak = tmp_path / "leak" / "leak_across_training.svg"

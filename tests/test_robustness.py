@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from workflow_helpers import REPO
 
 from ats.attack import reconstruct as attack_engine
 from ats.attack import run as attack_run
@@ -43,7 +44,6 @@ from ats.search import accuracy, privacy, scoring
 from ats.search.eval_set import build_eval_set
 from ats.search.selection import select_policies
 from ats.training import loop as training
-from workflow_helpers import REPO
 
 FINGERPRINT = "config-a"
 
@@ -257,6 +257,7 @@ def _kill_while_writing(kind: str, path: Path) -> None:
     assert child.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(_KILLED_WRITERS))
 @pytest.mark.parametrize("earlier_version", [False, True], ids=["new", "rewrite"])
 def test_writer_killed_mid_write_leaves_no_complete_looking_file(
@@ -293,7 +294,8 @@ def test_next_writer_removes_only_temporaries_of_dead_writers(tmp_path: Path) ->
     for leftover in (orphan, live, other_host, other_file):
         leftover.write_text("partial")
     write_tsv(path, ["policy", "score"], [["3-1-7", 0.25]])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other_host.name, other_file.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, live.name, other_host.name, other_file.name])
     assert read_tsv(path) == [{"policy": "3-1-7", "score": "0.25"}]
 
 
@@ -360,6 +362,7 @@ def test_every_writer_goes_through_atomic_path() -> None:
 # Non-finite numbers
 
 
+@pytest.mark.slow
 def test_real_training_divergence_fails_with_a_clear_message(tmp_path: Path, tiny_dataset_h5: Any) -> None:
     """A gradient defence far too strong for the model (noise of std 1e30) really diverges."""
     with pytest.raises(training.TrainingDivergedError,
@@ -403,6 +406,7 @@ def _run_attack_stage(out_h5: Path, **changes: Any) -> dict[str, np.ndarray]:
     return read_h5(out_h5, expected_fingerprint=FINGERPRINT)[0]
 
 
+@pytest.mark.slow
 def test_diverged_attack_is_recorded_and_left_out_of_the_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,6 +434,7 @@ def test_diverged_attack_is_recorded_and_left_out_of_the_summary(
     assert row["psnr_mean"] == pytest.approx(float(np.mean(clean["metrics/psnr"][healthy])))
 
 
+@pytest.mark.slow
 def test_attack_stage_survives_cuda_oom_with_smaller_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -491,9 +496,9 @@ def _score(search_inputs: dict[str, Any], out_h5: Path, policies: list[str] = SC
 
 
 def _select(shards: list[Path], folder: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    select_policies(shard_paths=shards, shard_fingerprints=[FINGERPRINT] * len(shards), ranking_tsv=folder / "ranking.tsv",
-                    selection_json=folder / "selection.json", rule="cvpr", alpha=0.7, threshold=-1e9, top_k=2,
-                    num_classes=10, seed=7, fingerprint="selection")
+    select_policies(shard_paths=shards, shard_fingerprints=[FINGERPRINT] * len(shards),
+                    ranking_tsv=folder / "ranking.tsv", selection_json=folder / "selection.json", rule="cvpr",
+                    alpha=0.7, threshold=-1e9, top_k=2, num_classes=10, seed=7, fingerprint="selection")
     return read_tsv(folder / "ranking.tsv"), json.loads((folder / "selection.json").read_text())
 
 
@@ -522,6 +527,7 @@ def test_nonfinite_score_is_listed_last_and_never_chosen(
     assert selection["top_k"] == ["43-18-18"] and selection["num_nonfinite"] == 1
 
 
+@pytest.mark.slow
 def test_scoring_survives_cuda_oom_with_smaller_chunks(
     search_inputs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -574,6 +580,7 @@ def test_truncated_search_model_stops_scoring_naming_it(search_inputs: dict[str,
 # Determinism on the CPU
 
 
+@pytest.mark.slow
 def test_attack_results_are_bitwise_reproducible(tmp_path: Path) -> None:
     first = _run_attack_stage(tmp_path / "first.h5")
     second = _run_attack_stage(tmp_path / "second.h5")
@@ -593,6 +600,7 @@ def test_candidates_do_not_depend_on_the_python_process() -> None:
     assert len(outputs) == 1 and outputs.pop().count("'") == 2 * 201
 
 
+@pytest.mark.slow
 def test_scores_and_ranking_are_bitwise_reproducible_and_shard_independent(
     search_inputs: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -628,6 +636,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc tuning")
 def test_stages_reuse_freed_host_memory_instead_of_faulting_it_in_again() -> None:
     """Repeated large CPU passes reuse freed memory: a small fraction of the page faults of glibc's default."""

@@ -62,7 +62,9 @@ def _equal(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> b
     return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
 
 
-def test_snapshots_are_the_models_that_training_passes_through(tmp_path: Path, stand_ins: None) -> None:
+@pytest.mark.slow
+@pytest.mark.usefixtures("stand_ins")
+def test_snapshots_are_the_models_that_training_passes_through(tmp_path: Path) -> None:
     _train(tmp_path, stop_after_epochs=1)  # leaves the state after epoch 1, as a killed job would
     after_one_epoch = load_checkpoint(tmp_path / "state.pt")["state_dict"]
 
@@ -82,7 +84,8 @@ def test_snapshots_are_the_models_that_training_passes_through(tmp_path: Path, s
     assert _equal(three, _snapshot(tmp_path / "again", "step-3")["state_dict"])  # deterministic
 
 
-def test_snapshot_outside_the_run_is_refused_before_training(tmp_path: Path, stand_ins: None) -> None:
+@pytest.mark.usefixtures("stand_ins")
+def test_snapshot_outside_the_run_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="ends after 28 steps"):
         _snapshot(tmp_path, "step-28")
     with pytest.raises(StageError, match="train_stage writes it"):
@@ -90,6 +93,7 @@ def test_snapshot_outside_the_run_is_refused_before_training(tmp_path: Path, sta
     assert not (tmp_path / "step-28.pt").exists()
 
 
+@pytest.mark.slow
 def test_attack_at_initialisation_on_a_real_tiny_run(tmp_path: Path, tiny_dataset_h5) -> None:
     """Snapshot the untrained model of a real (tiny) run, attack it, and refuse foreign snapshots."""
     dataset = tiny_dataset_h5("fashion-mnist", per_class=2)
@@ -107,7 +111,8 @@ def test_attack_at_initialisation_on_a_real_tiny_run(tmp_path: Path, tiny_datase
     arrays, attrs = read_h5(tmp_path / "init.h5", expected_fingerprint="attack-fp")
     assert (attrs["stage"], attrs["training_step"]) == ("init", 0)
     assert arrays["metrics/psnr"].shape == (2,)
-    assert all(arrays[f"chance/{guess}/psnr"].shape == (2,) for guess in ("black", "grey", "train_mean", "attack_start"))
+    assert all(arrays[f"chance/{guess}/psnr"].shape == (2,)
+               for guess in ("black", "grey", "train_mean", "attack_start"))
 
     with pytest.raises(CacheError, match="different configuration"):  # another configuration's snapshot
         attack_defence(checkpoint=tmp_path / "init.pt", model_fingerprint="fp-other", stage="init",

@@ -44,7 +44,8 @@ def varied_images(count: int, height: int, width: int, channels: int, seed: int)
         elif kind == 2:
             image = np.broadcast_to(rng.integers(0, 256, channels), (height, width, channels))
         elif kind == 3:
-            image = np.where(rng.random((height, width, 1)) < 0.3, rng.integers(0, 256, channels), rng.integers(0, 256, channels))
+            image = np.where(rng.random((height, width, 1)) < 0.3, rng.integers(0, 256, channels),
+                             rng.integers(0, 256, channels))
         else:
             image = rng.integers(100, 110, (height, width, channels))
         images.append(np.clip(image, 0, 255).astype(np.uint8))

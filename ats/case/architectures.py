@@ -7,8 +7,9 @@ so the grammar lives here, free of torch; :mod:`ats.case.models` builds the netw
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal
 
 ARCHITECTURES: tuple[str, ...] = (
     "ResNet20", "ResNet20-4", "ResNet32", "ResNet44", "ResNet56", "ResNet110",
@@ -95,7 +96,7 @@ class CustomModel:
         return f"{self.class_path}({arguments})"
 
 
-ModelChoice = Union[str, CustomModel]
+ModelChoice = str | CustomModel
 """What to build: one of our architectures by name (``"ResNet20-4"``) or a user's class."""
 
 

@@ -23,8 +23,9 @@ import functools
 import math
 import os
 import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, ParamSpec, Sequence
+from typing import Any, ParamSpec
 
 import matplotlib
 import numpy as np
@@ -561,7 +562,8 @@ def plot_reconstruction_grid(
         if len(truth) == 0:
             truth_ax.set_axis_off()
             reconstruction_ax.set_axis_off()
-            truth_ax.text(0.0, 0.5, f"{label}: no attacked images", va="center", fontsize=8, transform=truth_ax.transAxes)
+            truth_ax.text(0.0, 0.5, f"{label}: no attacked images", va="center", fontsize=8,
+                          transform=truth_ax.transAxes)
             continue
         _show_mosaic(truth_ax, np.asarray(truth), columns)
         tile_centres = _show_mosaic(reconstruction_ax, np.asarray(reconstruction), columns)
@@ -711,7 +713,8 @@ def plot_privacy_utility(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> N
                   va="bottom", fontsize=8, color="#555555", style="italic")
     figure.legend(loc="outside right upper")
     _add_footnote(figure, _not_shown_note(
-        "no finite accuracy or PSNR", [f"{row['defence']} / {row['attack']}" for row in rows if not _has_position(row)]))
+        "no finite accuracy or PSNR",
+        [f"{row['defence']} / {row['attack']}" for row in rows if not _has_position(row)]))
     _freeze_layout(figure)
     for ax, stage in zip(axes, stages):
         _label_defences(ax, [row for row in placeable if str(row.get("stage", "final")) == stage])
@@ -834,13 +837,15 @@ def plot_spri_vs_psnr(path: PathLike, points: Sequence[Mapping[str, Any]], note:
         s_pri = np.array([_as_float(point["s_pri"]) for point in shown])
         psnr = np.array([_as_float(point["psnr_mean"]) for point in shown])
         statistics = correlations(s_pri, psnr)
-        ax.set_title(f"Does S_pri predict {attack} at stage {stage}?\nPearson r = {_format_number(statistics['pearson'], 2)}, "
+        ax.set_title(f"Does S_pri predict {attack} at stage {stage}?\n"
+                     f"Pearson r = {_format_number(statistics['pearson'], 2)}, "
                      f"Spearman ρ = {_format_number(statistics['spearman'], 2)} (n = {statistics['n']})")
         if not shown:
             _show_empty(ax, "No policy has both an S_pri and a finite PSNR here.")
             continue
         for kind, style in SPRI_SOURCE_STYLES.items():
-            group = [point for point in shown if ("none" if point["defence"] == "none" else point["s_pri_from"]) == kind]
+            group = [point for point in shown
+                     if ("none" if point["defence"] == "none" else point["s_pri_from"]) == kind]
             if group:
                 ax.errorbar([_as_float(point["s_pri"]) for point in group],
                             [_as_float(point["psnr_mean"]) for point in group],

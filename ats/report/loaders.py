@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,8 @@ def load_attack_metrics(attack_h5: PathLike, *, expected_fingerprint: str,
     arrays, attrs = read_h5(attack_h5, expected_fingerprint=expected_fingerprint)
     metrics: dict[str, Any] = {name: arrays[f"metrics/{name}"] for name in ATTACK_METRICS}
     metrics.update({name: arrays[f"metrics/{name}"] for name in ORIGINAL_METRICS if f"metrics/{name}" in arrays})
-    metrics.update({name: values for name, values in arrays.items() if name.startswith(("chance/", "chance_original/"))})
+    metrics.update({name: values for name, values in arrays.items()
+                    if name.startswith(("chance/", "chance_original/"))})
     metrics["diverged"] = arrays["diverged"].astype(bool)
     metrics["target_indices"] = arrays["target_indices"]
     metrics["training_step"] = int(attrs.get("training_step", -1))

@@ -45,7 +45,8 @@ def input_jacobians(model: nn.Module, images: Tensor, chunk_size: int | None = N
 
 def score_from_jacobian(jacobian: Tensor | np.ndarray) -> float:
     """S_acc of one batch from its Jacobian rows (K, D); NaN when a row is constant (as np.corrcoef)."""
-    rows = jacobian.detach().cpu().double().numpy() if isinstance(jacobian, Tensor) else np.asarray(jacobian, np.float64)
+    rows = (jacobian.detach().cpu().double().numpy() if isinstance(jacobian, Tensor)
+            else np.asarray(jacobian, np.float64))
     if rows.ndim != 2 or rows.shape[0] < 1:
         raise ValueError(f"S_acc: need a (K, D) Jacobian with K >= 1 rows, got shape {rows.shape}")
     with np.errstate(divide="ignore", invalid="ignore"):

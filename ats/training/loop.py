@@ -23,9 +23,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ class _Acceleration:
             logger.warning("amp/compile requested on %s: ignored, they only help on CUDA", device)
         return cls(channels_last=on_cuda, bf16_autocast=amp and on_cuda, compile=compile and on_cuda)
 
-    def autocast(self, device: torch.device) -> ContextManager[Any]:
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         if self.bf16_autocast:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -392,8 +393,9 @@ def train_stage(
     ``fingerprint`` (of the configuration) is stored in the checkpoint for downstream readers. The
     test split is evaluated every ``eval_every`` epochs (epochs 0, 10, … as in the original) and
     after the last one, on its first ``test_images`` images (``None``: all of them; demos and tests
-    use fewer because evaluation dominates tiny runs). ``amp`` (bf16 autocast) and ``compile`` (``torch.compile``) only take effect
-    on CUDA and are off by default to keep the original's fp32 numerics.
+    use fewer because evaluation dominates tiny runs). ``amp`` (bf16 autocast) and ``compile``
+    (``torch.compile``) only take effect on CUDA and are off by default to keep the original's
+    fp32 numerics.
 
     ``state_path`` holds the resumable state between epochs; it is not a workflow output (Snakemake
     would delete it with a failed job) and is removed once the outputs exist. ``stop_after_epochs``
@@ -410,9 +412,8 @@ def train_stage(
     state_file = Path(state_path)
     _resume(state_file, run, run_fingerprint)
 
-    epochs_this_call = 0
-    for epoch in progress(range(run.epochs_done, epochs), desc=f"train {defence}",
-                          total=epochs - run.epochs_done):
+    for epochs_this_call, epoch in enumerate(progress(range(run.epochs_done, epochs), desc=f"train {defence}",
+                                                      total=epochs - run.epochs_done)):
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             logger.info("stopping after %d epochs as requested; state kept at %s", epochs_this_call, state_file)
             return None
@@ -428,7 +429,6 @@ def train_stage(
             "test_loss": test_loss, "test_accuracy": test_accuracy, "seconds": seconds,
         })
         _save_state(state_file, run, run_fingerprint)
-        epochs_this_call += 1
         tested = "" if math.isnan(test_loss) else f", test loss {test_loss:.4f} acc {test_accuracy:.4f}"
         logger.info("epoch %d (last %d): lr %.4g, train loss %.4f acc %.4f%s, %.1f s",
                     epoch, epochs - 1, lr, train_loss, train_accuracy, tested, seconds)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -351,7 +351,8 @@ def _bilinear_coefficients(in_size: int, out_size: int, device: torch.device) ->
         total = sum(weights)
         for x, weight in zip(range(first, last), weights):
             normalised = weight / total if total else weight
-            matrix[out_index, x] = math.trunc(normalised * (1 << PIL_PRECISION_BITS) + (0.5 if normalised >= 0 else -0.5))
+            matrix[out_index, x] = math.trunc(normalised * (1 << PIL_PRECISION_BITS)
+                                              + (0.5 if normalised >= 0 else -0.5))
     return torch.from_numpy(matrix).to(device)
 
 

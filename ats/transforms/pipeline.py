@@ -26,8 +26,8 @@ under ``"crop"`` and ``"policy"``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ OUTPUT_SIZE = 32
 CROP_PADDING = 4
 MIN_CROP_INPUT_SIZE = OUTPUT_SIZE - 2 * CROP_PADDING  # 24: the padded image must hold the crop
 
-DrawIndex = Union[int, np.integer, slice, Sequence[int], torch.Tensor]
+DrawIndex = int | np.integer | slice | Sequence[int] | torch.Tensor
 
 
 @dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
@@ -79,14 +79,14 @@ class AugmentationDraw:
     def __len__(self) -> int:
         return self.flips.shape[0]
 
-    def __getitem__(self, index: DrawIndex) -> "AugmentationDraw":
+    def __getitem__(self, index: DrawIndex) -> AugmentationDraw:
         """The draws of the selected images; an integer selects a draw of length 1."""
         if isinstance(index, (int, np.integer)):
             index = slice(int(index), int(index) + 1 if index != -1 else None)
         return AugmentationDraw(self.crop_offsets[index], self.flips[index], self.subpolicy[index], self.signs[index])
 
     @staticmethod
-    def concat(draws: Sequence["AugmentationDraw"]) -> "AugmentationDraw":
+    def concat(draws: Sequence[AugmentationDraw]) -> AugmentationDraw:
         """The draws one after another (all must have the same number of sign columns)."""
         if not draws:
             raise ValueError("cannot concatenate an empty list of draws")
@@ -156,7 +156,8 @@ def _effective_mode(mode: str, policy: Policy) -> str:
     return "plain" if mode == "policy" and not policy else mode
 
 
-def _check_draw(draw: AugmentationDraw | None, count: int, image_size: int, policy: Policy, mode: str) -> AugmentationDraw:
+def _check_draw(draw: AugmentationDraw | None, count: int, image_size: int, policy: Policy,
+                mode: str) -> AugmentationDraw:
     """``draw`` if it fits ``count`` images of side ``image_size`` under ``policy``; else ValueError."""
     if draw is None or len(draw) != count:
         raise ValueError(f"mode {mode!r} needs a draw for each of the {count} images, got "

@@ -17,7 +17,8 @@ if skipped:
 lpips = None if skipped else LpipsScorer(params.lpips_backbone)
 # The attack files and their fingerprints come in the order of product(defences, stages, attacks).
 records = [
-    {**load_attack_metrics(path, expected_fingerprint=expected, lpips=lpips), "defence": defence, "stage": stage, "attack": attack}
+    {**load_attack_metrics(path, expected_fingerprint=expected, lpips=lpips),
+     "defence": defence, "stage": stage, "attack": attack}
     for (defence, stage, attack), path, expected in zip(
         product(params.defences, params.stages, params.attacks), snakemake.input.attacks,
         params.attack_fingerprints, strict=True,
