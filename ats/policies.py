@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ats.runtime.seeding import derive_seed
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
 from ats.case.normalisation import dataset_spec
+
 
 def _tiny_split(dataset: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` images of every class in class-cycling order, as uint8 N×H×W×C and int64."""
@@ -101,7 +102,7 @@ def no_system_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hide system-wide data (the Debian Fashion-MNIST package) from the dataset lookup."""
     from ats.case import datasets
 
-    monkeypatch.setattr(datasets, "SYSTEM_DATA_DIRS", {name: () for name in datasets.SYSTEM_DATA_DIRS})
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_DIRS", dict.fromkeys(datasets.SYSTEM_DATA_DIRS, ()))
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ def _attack(untrained: tuple[Path, Path], out_h5: Path, attack: str, defence: st
     return read_h5(out_h5, expected_fingerprint="attack")
 
 
+@pytest.mark.slow
 def test_oblivious_attack_is_scored_against_the_untransformed_image(untrained, tmp_path):
     arrays, attrs = _attack(untrained, tmp_path / "oblivious.h5", "inversed")
     # Op 21 translates by up to 9 pixels on a 32-pixel window, plus the crop's 4.
@@ -55,6 +56,7 @@ def test_oblivious_attack_is_scored_against_the_untransformed_image(untrained, t
     assert "learned_draw/signs" not in arrays
 
 
+@pytest.mark.slow
 def test_policy_aware_attack_stores_its_untransformed_image_and_learned_draw(untrained, tmp_path):
     arrays, attrs = _attack(untrained, tmp_path / "aware.h5", "inversed-aware")
     assert attrs["policy_aware"] and attrs["attack"] == "inversed-aware"
@@ -64,6 +66,7 @@ def test_policy_aware_attack_stores_its_untransformed_image_and_learned_draw(unt
     assert np.isfinite(arrays["metrics/psnr_original"]).all() and np.isfinite(arrays["metrics/psnr"]).all()
 
 
+@pytest.mark.slow
 def test_without_a_draw_the_original_is_the_target_and_nothing_is_registered(untrained, tmp_path):
     arrays, attrs = _attack(untrained, tmp_path / "none.h5", "inversed", defence="none")
     assert attrs["max_shift"] == 0

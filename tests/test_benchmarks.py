@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import run
 
 REQUIRED_KEYS = (
@@ -24,6 +26,7 @@ REQUIRED_KEYS = (
 )
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_key_and_agrees_with_the_references(tmp_path, capsys):
     output = tmp_path / "bench.json"
     run.main(["--quick", "--output", str(output)])

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -24,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from workflow_helpers import TEST_CONFIG
 
 from ats.config import CONFIG_SCHEMA_PATH, MAX_SEED, ConfigError, check_config, describe_schema_error
 from ats.policies import DISTINCT_CANDIDATES, NUM_OPERATIONS, PolicyError, format_policy, parse_policy
-from workflow_helpers import TEST_CONFIG
 
 SCHEMA_PATH = CONFIG_SCHEMA_PATH
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -333,6 +334,7 @@ def test_every_schema_key_has_valid_and_invalid_values() -> None:
     assert {"seed", "search.selection.top_k", "attack.iterations", "report.grid_images"} <= leaf_keys().keys()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(valid_configs())
 def test_valid_configs_pass_and_keep_their_values(config: dict[str, Any]) -> None:
@@ -369,6 +371,7 @@ def test_an_invalid_value_is_rejected_naming_its_key(key: str, data: st.DataObje
     st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True),
     st.integers() | st.text(max_size=4),
 )
+@pytest.mark.slow
 def test_an_unknown_key_is_rejected_naming_it_and_its_parent(parent: str, name: str, value: Any) -> None:
     if name in object_keys()[parent].get("properties", {}):
         return

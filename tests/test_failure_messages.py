@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from workflow_helpers import REPO
 
 from ats.runtime.checkpoints import save_checkpoint
 from ats.search.scoring import make_policy_scores, write_scores
 from ats.search.selection import NothingChosenError, select_policies
 from ats.training import loop
-from workflow_helpers import REPO
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 

@@ -28,15 +28,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import pytest
 import torch
 import yaml
-
 from conftest import write_fashion_mnist_folder
 from workflow_helpers import REPO, SNAKEMAKE, TEST_CONFIG
 

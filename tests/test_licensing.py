@@ -22,13 +22,13 @@ def load_citation() -> dict:
 
 def test_citation_has_the_required_cff_keys():
     citation = load_citation()
-    assert CFF_REQUIRED <= citation.keys()
+    assert citation.keys() >= CFF_REQUIRED
     assert citation["cff-version"] == "1.2.0"
     assert citation["authors"] and all(
         "name" in author or "family-names" in author for author in citation["authors"]
     )
     for reference in citation.get("references", []):
-        assert REFERENCE_REQUIRED <= reference.keys(), reference.get("title")
+        assert reference.keys() >= REFERENCE_REQUIRED, reference.get("title")
 
 
 def test_citation_names_the_ats_paper():

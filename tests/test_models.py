@@ -247,6 +247,7 @@ def test_resnet_init() -> None:
 @pytest.mark.parametrize(("arch", "blocks", "width", "classes", "channels"), [
     ("ResNet20", 3, 16, 10, 3), ("ResNet32-2", 5, 32, 7, 1),
 ])
+@pytest.mark.slow
 def test_resnet_matches_the_original_weights_and_outputs(arch, blocks, width, classes, channels) -> None:
     torch.manual_seed(5)
     reference = OriginalStyleResNet(blocks, width, classes, channels)
@@ -274,6 +275,7 @@ def test_convnet_matches_the_original_weights_and_outputs() -> None:
 @pytest.mark.parametrize(("arch", "width", "classes", "wrapper"), [
     ("ResNet20-4", 64, 100, "plain"), ("ResNet20", 16, 10, "dataparallel"),
 ])
+@pytest.mark.slow
 def test_original_checkpoint_loads_strictly(tmp_path: Path, arch: str, width: int, classes: int,
                                             wrapper: str) -> None:
     """A ``torch.save(model.state_dict())`` file of the original's model loads without conversion

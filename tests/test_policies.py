@@ -74,8 +74,8 @@ def test_effective_parameters_for_32_pixel_images() -> None:
     assert effective_parameter(9) is None  # equalize has no magnitude
     assert effective_parameter(3, image_size=28) == pytest.approx(0.45317 * 28, abs=1e-3)
     assert OPERATIONS[3].signed and not OPERATIONS[2].signed  # rotation has no random sign
-    assert SIGNED_TRANSFORMS == {"shearX", "shearY", "translateX", "translateY",
-                                 "color", "contrast", "sharpness", "brightness"}
+    assert {"shearX", "shearY", "translateX", "translateY",
+                                 "color", "contrast", "sharpness", "brightness"} == SIGNED_TRANSFORMS
 
 
 def test_descriptions() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from scipy import stats
+from workflow_helpers import effective_config
 
 from ats.defence.names import parse_defence
 from ats.report.published import (
@@ -26,7 +27,6 @@ from ats.report.published import (
 )
 from ats.report.summary import SUMMARY_COLUMNS, write_summary
 from ats.runtime.atomic import read_tsv, write_tsv
-from workflow_helpers import effective_config
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_CONFIGS = sorted((REPO / "config" / "paper").glob("*.yaml"))
@@ -280,6 +280,7 @@ def _summary_row(**cells):
     return {**row, "stage": "final"} if "stage" in SUMMARY_COLUMNS else row
 
 
+@pytest.mark.slow
 def test_adapter_writes_the_table_with_the_runs_correlation(tmp_path):
     summary = tmp_path / "summary.tsv"
     write_summary(summary, [

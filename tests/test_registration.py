@@ -9,7 +9,6 @@ from ats.attack.metrics import psnr, ssim
 from ats.attack.registration import align, policy_max_shift, registered_metrics
 from ats.policies import parse_policy
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

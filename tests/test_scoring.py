@@ -59,6 +59,7 @@ def shard(search_inputs):
     return _score(search_inputs, POLICIES, "three")
 
 
+@pytest.mark.slow
 def test_a_shard_stores_every_score_of_every_policy(shard) -> None:
     arrays, attrs = read_h5(shard, expected_fingerprint="shard")
     assert list(arrays["policies"]) == POLICIES and list(arrays["status"]) == ["ok"] * 3
@@ -74,6 +75,7 @@ def test_a_shard_stores_every_score_of_every_policy(shard) -> None:
     assert len({entry.spri_mean for entry in scores}) == 3  # the transforms change the score
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_the_shard_a_policy_is_in(search_inputs, shard) -> None:
     together = {entry.policy: entry for entry in read_scores([shard])}
     alone = read_scores([_score(search_inputs, ["3-1-7"], "alone")])[0]
@@ -82,6 +84,7 @@ def test_scores_do_not_depend_on_the_shard_a_policy_is_in(search_inputs, shard) 
     assert np.array_equal(alone.sacc, together["3-1-7"].sacc)
 
 
+@pytest.mark.slow
 def test_non_finite_scores_are_stored_as_nan_without_failing(search_inputs) -> None:
     _, _, _, folder = search_inputs
     state = build_model(ARCH, 10, 1).state_dict()
@@ -111,6 +114,7 @@ def test_repeat_seeds_are_deterministic_independent_and_the_master_seed_for_repe
             repeat_seed(7, bad)
 
 
+@pytest.mark.slow
 def test_repeat_zero_is_the_single_scoring_and_later_repeats_redraw_only_the_draws_and_noise(search_inputs,
                                                                                             shard) -> None:
     single = read_scores([shard])  # scored without naming a repeat, as before repeats existed

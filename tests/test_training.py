@@ -337,6 +337,7 @@ def test_bad_arguments_name_the_culprit(tmp_path: Path, stand_ins: None) -> None
     ("dataset", "channels", "defence"),
     [("cifar10", 3, "3-1-7+43-18-18"), ("fashion-mnist", 1, "laplace-1e-3")],
 )
+@pytest.mark.slow
 def test_real_components_train_policies_and_gradient_defences(
     tmp_path: Path, tiny_dataset_h5: Any, dataset: str, channels: int, defence: str
 ) -> None:

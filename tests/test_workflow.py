@@ -8,10 +8,10 @@ from pathlib import Path
 
 import h5py
 import pytest
+from workflow_helpers import REPO, snakemake
 
 from ats.report.summary import read_summary
 from ats.runtime.atomic import read_tsv
-from workflow_helpers import REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 

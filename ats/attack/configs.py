@@ -116,7 +116,7 @@ class AttackConfig:
         decays = sum(1 for milestone in self.lr_milestones if milestone <= iteration)
         return LR_DECAY_FACTOR**decays
 
-    def with_iterations(self, iterations: int) -> "AttackConfig":
+    def with_iterations(self, iterations: int) -> AttackConfig:
         """The same attack on a smaller (test, demo) or larger budget; milestones scale with it."""
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"attack {self.name!r}: iterations must be a positive int, got {iterations!r}")

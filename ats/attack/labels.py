@@ -11,7 +11,7 @@ this package (every target shares its own gradient); a gradient defence (noise, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -11,7 +11,7 @@ cross-entropy inside, a factor-2 mismatch for the ``l1``/``l2`` costs).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F

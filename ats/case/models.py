@@ -21,7 +21,8 @@ import importlib
 import inspect
 import os
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

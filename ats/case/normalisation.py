@@ -14,8 +14,8 @@ Two normalisation modes exist because the original code was inconsistent (docs/o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 Constants = tuple[tuple[float, ...], tuple[float, ...]]
 

@@ -25,8 +25,9 @@ device.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -117,7 +118,7 @@ class GradientDefence:
             raise ValueError(f"gradient defence {self.kind!r}: strength {self.strength!r} must be in [0, {limit}]")
 
     @classmethod
-    def from_spec(cls, kind: str, strength: float | None) -> "GradientDefence | None":
+    def from_spec(cls, kind: str, strength: float | None) -> GradientDefence | None:
         """Build the defence for a parsed defence name (:func:`ats.defence.names.parse_defence`).
 
         Returns ``None`` for the kinds that do not touch gradients (``none``, ``crop``, a policy),

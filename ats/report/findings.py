@@ -17,7 +17,8 @@ from __future__ import annotations
 import html
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ats.attack.configs import POLICY_AWARE_ATTACKS
 from ats.report.summary import ABOVE_CHANCE, BELOW_CHANCE, REFERENCE_DEFENCE

@@ -21,8 +21,9 @@ import os
 import re
 import socket
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 
 @contextlib.contextmanager

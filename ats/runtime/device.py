@@ -23,10 +23,11 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -194,7 +195,7 @@ def resolve_device(
     *,
     lock_dir: str | os.PathLike | None = None,
     lease_timeout_s: float | None = None,
-) -> "torch.device":
+) -> torch.device:
     """The torch device for ``spec`` (``auto``, ``cpu`` or ``cuda``), logged with its context.
 
     ``auto`` uses CUDA when a device exists and otherwise falls back to the CPU with a warning;
@@ -244,7 +245,7 @@ def resolve_device(
     return device
 
 
-def describe_runtime(device: "torch.device | str | None" = None) -> dict[str, Any]:
+def describe_runtime(device: torch.device | str | None = None) -> dict[str, Any]:
     """Where and how this job runs, for its log: host, Slurm job, visible GPUs, torch, threads.
 
     torch is only asked (for its build and thread count) when the job has already imported it, so
@@ -287,7 +288,7 @@ def format_runtime(info: dict[str, Any]) -> str:
     )
 
 
-def log_runtime(device: "torch.device | str | None" = None) -> None:
+def log_runtime(device: torch.device | str | None = None) -> None:
     """Log :func:`describe_runtime` as one ``runtime key=value ...`` line.
 
     The Slurm test reads ``SLURM_JOB_ID`` and ``CUDA_VISIBLE_DEVICES`` from this line in job logs.

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -95,26 +96,25 @@ def write_h5(
     is applied to numeric arrays larger than 1 MiB.
     """
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            for name, array in arrays.items():
-                if array.dtype.kind in "OU":
-                    handle.create_dataset(
-                        name, data=np.array([str(v) for v in array.ravel()], dtype=object).reshape(array.shape),
-                        dtype=h5py.string_dtype(),
-                    )
-                else:
-                    big = array.nbytes > (1 << 20)
-                    handle.create_dataset(
-                        name, data=array, compression=compression if big else None
-                    )
-            for key, value in (attrs or {}).items():
-                handle.attrs[key] = _attr_value(value)
-            handle.attrs["schema_version"] = SCHEMA_VERSION
-            handle.attrs["fingerprint"] = fingerprint
-            handle.attrs["content_sha256"] = content_digest(
-                {n: _normalise_strings(a) for n, a in arrays.items()}
-            )
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        for name, array in arrays.items():
+            if array.dtype.kind in "OU":
+                handle.create_dataset(
+                    name, data=np.array([str(v) for v in array.ravel()], dtype=object).reshape(array.shape),
+                    dtype=h5py.string_dtype(),
+                )
+            else:
+                big = array.nbytes > (1 << 20)
+                handle.create_dataset(
+                    name, data=array, compression=compression if big else None
+                )
+        for key, value in (attrs or {}).items():
+            handle.attrs[key] = _attr_value(value)
+        handle.attrs["schema_version"] = SCHEMA_VERSION
+        handle.attrs["fingerprint"] = fingerprint
+        handle.attrs["content_sha256"] = content_digest(
+            {n: _normalise_strings(a) for n, a in arrays.items()}
+        )
 
 
 def _normalise_strings(array: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ def python_rng(*parts: object) -> random.Random:
     return random.Random(derive_seed(*parts))
 
 
-def torch_generator(*parts: object, device: str = "cpu") -> "torch.Generator":
+def torch_generator(*parts: object, device: str = "cpu") -> torch.Generator:
     """A :class:`torch.Generator` on ``device`` seeded by :func:`derive_seed`."""
     import torch
 

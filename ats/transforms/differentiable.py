@@ -45,8 +45,8 @@ figures are in ``docs/transforms.md``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class RelaxedDraw:
 
     @staticmethod
     def from_draw(draw: AugmentationDraw, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> "RelaxedDraw":
+                  device: str | torch.device = "cpu") -> RelaxedDraw:
         """The drawn parameters ``draw`` as a relaxed draw, at which T_θ reproduces the pipeline."""
         return RelaxedDraw(draw.crop_offsets.to(device, dtype), draw.flips.to(device),
                            draw.subpolicy.to(device), draw.signs.to(device, dtype))
@@ -87,11 +87,11 @@ class RelaxedDraw:
     def __len__(self) -> int:
         return self.flips.shape[0]
 
-    def __getitem__(self, index: slice | torch.Tensor) -> "RelaxedDraw":
+    def __getitem__(self, index: slice | torch.Tensor) -> RelaxedDraw:
         return RelaxedDraw(self.crop_offsets[index], self.flips[index], self.subpolicy[index], self.signs[index])
 
     @staticmethod
-    def concat(draws: Sequence["RelaxedDraw"]) -> "RelaxedDraw":
+    def concat(draws: Sequence[RelaxedDraw]) -> RelaxedDraw:
         return RelaxedDraw(*(torch.cat(parts) for parts in zip(
             *((d.crop_offsets, d.flips, d.subpolicy, d.signs) for d in draws))))
 

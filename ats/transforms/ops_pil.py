@@ -13,7 +13,7 @@ this equals transforming the single channel with "the image is its own luminance
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageEnhance, ImageOps
 
