@@ -54,6 +54,7 @@ def _attack_arguments(inputs, out, *extra):
             "--iterations", "2", "--seed", "3", "--device", "cpu", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_attack_writes_the_attack_stages_file(inputs, tmp_path, capsys) -> None:
     dataset, checkpoint, _, _ = inputs
     assert main(_attack_arguments(inputs, tmp_path / "cli.h5", "--model-fingerprint", "model-fp")) == 0
@@ -91,6 +92,7 @@ def test_attack_of_a_users_model(inputs, tmp_path) -> None:
     assert read_h5(tmp_path / "tiny.h5")[0]["reconstructions"].shape == (1, 1, 32, 32)
 
 
+@pytest.mark.slow
 def test_score_writes_a_score_shard(inputs, tmp_path, capsys) -> None:
     dataset, checkpoint, _, _ = inputs
     arguments = ["score", "--checkpoint", str(checkpoint), "--arch", "ConvNet8", "--dataset", "fashion-mnist",

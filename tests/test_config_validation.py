@@ -74,12 +74,14 @@ def test_bad_config_stops_before_any_job(tmp_path, override, expected):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_nothing_to_choose_passes_when_the_config_says_so(tmp_path):
     override = {"search": {"candidates": {"count": 0, "extra": []}, "selection": {"allow_empty": True}}}
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", config=override, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_key_given_twice_in_a_config_file_is_refused_naming_file_and_key(tmp_path):
     twice = tmp_path / "twice.yaml"
     twice.write_text(TEST_CONFIG.read_text() + "training:\n  epochs: 3\n")
@@ -97,6 +99,7 @@ BAD_DEMO_CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_DEMO_CONFIGS)
 def test_a_broken_demo_config_is_reported_naming_the_file(tmp_path, name):
     """config/config.yaml is read by the workflow itself (no --configfile): its errors name it.

@@ -23,6 +23,7 @@ from ats.training import loop
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
+@pytest.mark.slow
 def test_a_failing_job_writes_its_traceback_to_its_log(tmp_path: Path) -> None:
     """Snakemake's error says to check the job's log; the log must hold the traceback."""
     (tmp_path / "Snakefile").write_text(

@@ -45,6 +45,7 @@ def _naive_stats(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, p
     return stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "channels", "classes"), ARCHITECTURES)
 def test_every_layer_statistic_equals_batch_one_gradients_in_float64(arch: str, channels: int, classes: int) -> None:
     model = _trained_looking(arch, channels, classes)
