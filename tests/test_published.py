@@ -27,6 +27,7 @@ from ats.report.published import (
 )
 from ats.report.summary import SUMMARY_COLUMNS, write_summary
 from ats.runtime.atomic import read_tsv, write_tsv
+from ats.runtime.provenance import write_with_provenance
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_CONFIGS = sorted((REPO / "config" / "paper").glob("*.yaml"))
@@ -286,15 +287,19 @@ def test_adapter_writes_the_table_with_the_runs_correlation(tmp_path):
     write_summary(summary, [
         _summary_row(defence=defence, attack="inversed", accuracy=0.9, psnr_mean=psnr, n_images=8)
         for defence, psnr in [("none", 12.0), ("crop", 11.0), ("14-48-48", 9.0), ("42-28-42", 8.0)]
-    ])
+    ], fingerprint="summary-of-this-run")
     ranking = tmp_path / "ranking.tsv"
-    write_tsv(ranking, ["policy", "s_pri_mean"], [["", 0.9], ["14-48-48", 0.5], ["42-28-42", 0.2]])
+    ranked = [["", 0.9], ["14-48-48", 0.5], ["42-28-42", 0.2]]
+    write_with_provenance(ranking, lambda path: write_tsv(path, ["policy", "s_pri_mean"], ranked),
+                          fingerprint="selection-of-this-run")
     output, log = tmp_path / "report" / "published_comparison.tsv", tmp_path / "compare.log"
     bootstrap = (
         "import runpy, sys, types\n"
         "snakemake = types.SimpleNamespace(\n"
         f"    input=types.SimpleNamespace(summary={str(summary)!r}, ranking={str(ranking)!r}),\n"
-        "    params=types.SimpleNamespace(setting='fashion-mnist-convnet', dataset='fashion-mnist', arch='ConvNet'),\n"
+        "    params=types.SimpleNamespace(setting='fashion-mnist-convnet', dataset='fashion-mnist', arch='ConvNet',\n"
+        "                                 summary_fingerprint='summary-of-this-run',\n"
+        "                                 selection_fingerprint='selection-of-this-run'),\n"
         f"    output=[{str(output)!r}], log=[{str(log)!r}])\n"
         f"runpy.run_path({str(REPO / 'workflow' / 'scripts' / 'compare_published.py')!r},"
         " init_globals={'snakemake': snakemake})\n"

@@ -17,6 +17,8 @@ from matplotlib.text import Text
 
 from ats.report import figures
 from ats.report.summary import SUMMARY_COLUMNS, correlations, read_summary, summary_rows, write_summary
+from ats.runtime.hdf5 import CacheError
+from ats.runtime.provenance import write_with_provenance
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -108,21 +110,33 @@ def test_summary_round_trips_through_tsv_with_types_and_nan(tmp_path: Path):
                  ("prune-70", "ig"): per_image_metrics([1.0], [True])}
     rows = summarise(per_image, {"crop": np.float64(0.9123), "prune-70": 0.5})
     path = tmp_path / "summary.tsv"
-    write_summary(path, rows)
+    write_summary(path, rows, fingerprint="these-results")
 
     assert path.read_text().splitlines()[0].split("\t") == list(SUMMARY_COLUMNS)
     assert "np.float64" not in path.read_text()
-    back = read_summary(path)
+    back = read_summary(path, expected_fingerprint="these-results")
     assert without_nan(back[0]) == without_nan(rows[0])
     assert math.isnan(back[1]["psnr_mean"]) and back[1]["n_diverged"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.tsv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.tsv", "summary.tsv.provenance.json"]
 
 
 def test_read_summary_names_the_file_of_a_foreign_table(tmp_path: Path):
     path = tmp_path / "other.tsv"
-    path.write_text("policy\tscore\n3-1-7\t0.5\n")
+    write_with_provenance(path, lambda target: target.write_text("policy\tscore\n3-1-7\t0.5\n"), fingerprint="f")
     with pytest.raises(ValueError, match="other.tsv: not a summary table"):
-        read_summary(path)
+        read_summary(path, expected_fingerprint="f")
+
+
+def test_a_summary_of_other_results_or_edited_is_refused(tmp_path: Path):
+    """The figures and the findings read only the summary of the results they are planned for."""
+    path = tmp_path / "summary.tsv"
+    write_summary(path, summarise({("crop", "ig"): per_image_metrics([10.0, 20.0], [False, False])},
+                                  {"crop": 0.9}), fingerprint="these-results")
+    with pytest.raises(CacheError, match="different configuration"):
+        read_summary(path, expected_fingerprint="other-results")
+    path.write_text(path.read_text().replace("crop", "none"))
+    with pytest.raises(CacheError, match="checksum mismatch"):
+        read_summary(path, expected_fingerprint="these-results")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,8 +329,9 @@ def test_privacy_utility_labels_defences_and_attacks(tmp_path: Path):
 
 def test_privacy_utility_reads_a_written_summary(tmp_path: Path):
     per_image = {("crop", "ig"): per_image_metrics([10.0, 20.0], [False, False])}
-    write_summary(tmp_path / "summary.tsv", summarise(per_image, {"crop": 0.9}))
-    figures.plot_privacy_utility(tmp_path / "figure" / "privacy_utility.svg", read_summary(tmp_path / "summary.tsv"))
+    write_summary(tmp_path / "summary.tsv", summarise(per_image, {"crop": 0.9}), fingerprint="f")
+    summary = read_summary(tmp_path / "summary.tsv", expected_fingerprint="f")
+    figures.plot_privacy_utility(tmp_path / "figure" / "privacy_utility.svg", summary)
     assert "crop" in svg_text(tmp_path / "figure" / "privacy_utility.svg")
 
 

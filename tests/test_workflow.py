@@ -39,7 +39,9 @@ def test_every_stage_writes_its_outputs(finished_run):
     compared = selection["versus_reference"]["policies"]
     assert [row["policy"] for row in compared] == list(dict.fromkeys(selection["top_k"] + selection["hybrid_members"]))
 
-    summary = read_summary(results / "summary.tsv")
+    # The summary as the figures read it: verified against the fingerprint its record carries.
+    recorded = json.loads((results / "summary.tsv.provenance.json").read_text())["fingerprint"]
+    summary = read_summary(results / "summary.tsv", expected_fingerprint=recorded)
     defences = {row["defence"] for row in summary}
     assert {"none", "crop", "prune-70", *selection["top_k"]} <= defences
     # tests/config/test.yaml attacks every defence at two training stages, with two attacks.

@@ -35,7 +35,8 @@ import numpy as np
 from scipy import stats
 
 from ats.attack.chance import CHANCE_GUESSES
-from ats.runtime.atomic import read_tsv, write_tsv
+from ats.runtime.atomic import write_tsv
+from ats.runtime.provenance import read_verified_tsv, write_with_provenance
 from ats.runtime.seeding import derive_seed
 from ats.stats import Estimate, mean_interval, paired_difference
 
@@ -292,16 +293,21 @@ def _typed(row: Mapping[str, Any]) -> dict[str, Any]:
     return {column: convert(row[column]) for column, convert in SUMMARY_COLUMNS.items()}
 
 
-def write_summary(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write the summary table atomically as TSV (floats at full precision, NaN as ``nan``)."""
+def write_summary(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *, fingerprint: str) -> None:
+    """Write the summary table atomically as TSV (floats at full precision, NaN as ``nan``), with
+    its provenance record (:mod:`ats.runtime.provenance`): ``fingerprint`` is that of everything
+    it summarises."""
     typed = [_typed(row) for row in rows]
-    write_tsv(path, list(SUMMARY_COLUMNS), [[row[column] for column in SUMMARY_COLUMNS] for row in typed])
+    cells = [[row[column] for column in SUMMARY_COLUMNS] for row in typed]
+    write_with_provenance(path, lambda target: write_tsv(target, list(SUMMARY_COLUMNS), cells), fingerprint=fingerprint)
 
 
-def read_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a table written by :func:`write_summary`, with numbers as ``float`` and ``int``."""
+def read_summary(path: str | os.PathLike, *, expected_fingerprint: str) -> list[dict[str, Any]]:
+    """Read a table written by :func:`write_summary` once its provenance is verified, with numbers
+    as ``float`` and ``int``; :class:`ats.runtime.hdf5.CacheError` for a table of other results."""
+    rows = read_verified_tsv(path, expected_fingerprint=expected_fingerprint)
     try:
-        return [_typed(row) for row in read_tsv(path)]
+        return [_typed(row) for row in rows]
     except ValueError as error:
         raise ValueError(f"{path}: not a summary table: {error}") from None
 

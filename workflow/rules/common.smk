@@ -322,6 +322,18 @@ def get_train_fingerprints(wildcards=None):
     ]
 
 
+def get_summary_fingerprint(wildcards=None):
+    """summary.tsv: what it summarises (every attack file and training) and how."""
+    return fingerprint(
+        {
+            "attacks": get_attack_fingerprints(wildcards),
+            "training": get_train_fingerprints(wildcards),
+            "seed": config["seed"],
+            "lpips_backbone": config["report"]["lpips_backbone"],
+        }
+    )
+
+
 def get_stages():
     return list(config["attack"]["stages"])
 

@@ -20,6 +20,7 @@ rule compare_published:
         CONDA_ENVIRONMENT
     threads: 1
     params:
+        summary_fingerprint=get_summary_fingerprint,
         setting=config["report"]["published_setting"],
         selection_fingerprint=get_selection_fingerprint,
         dataset=config["dataset"]["name"],

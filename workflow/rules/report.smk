@@ -26,6 +26,7 @@ rule summarize:
         attack_fingerprints=get_attack_fingerprints,
         train_fingerprints=get_train_fingerprints,
         seed=config["seed"],
+        fingerprint=get_summary_fingerprint,
         lpips_backbone=config["report"]["lpips_backbone"],
     script:
         "../scripts/summarize.py"
@@ -48,6 +49,7 @@ rule plot_reconstructions:
         CONDA_ENVIRONMENT
     threads: 1
     params:
+        summary_fingerprint=get_summary_fingerprint,
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
@@ -74,6 +76,7 @@ rule plot_psnr_distributions:
         CONDA_ENVIRONMENT
     threads: 1
     params:
+        summary_fingerprint=get_summary_fingerprint,
         defences=get_defences,
         stages=get_stages(),
         attacks=get_attacks(),
@@ -98,6 +101,8 @@ rule plot_privacy_utility:
     conda:
         CONDA_ENVIRONMENT
     threads: 1
+    params:
+        summary_fingerprint=get_summary_fingerprint,
     script:
         "../scripts/plot_privacy_utility.py"
 
@@ -120,6 +125,7 @@ rule plot_spri_vs_psnr:
         CONDA_ENVIRONMENT
     threads: 1
     params:
+        summary_fingerprint=get_summary_fingerprint,
         selection_fingerprint=get_selection_fingerprint,
     script:
         "../scripts/plot_spri_vs_psnr.py"
@@ -142,6 +148,7 @@ rule write_findings:
         CONDA_ENVIRONMENT
     threads: 1
     params:
+        summary_fingerprint=get_summary_fingerprint,
         lpips_backbone=config["report"]["lpips_backbone"],
     script:
         "../scripts/write_findings.py"
@@ -163,6 +170,8 @@ rule plot_leak_across_training:
     conda:
         CONDA_ENVIRONMENT
     threads: 1
+    params:
+        summary_fingerprint=get_summary_fingerprint,
     script:
         "../scripts/plot_leak_across_training.py"
 
@@ -182,6 +191,8 @@ rule plot_against_original:
     conda:
         CONDA_ENVIRONMENT
     threads: 1
+    params:
+        summary_fingerprint=get_summary_fingerprint,
     script:
         "../scripts/plot_against_original.py"
 

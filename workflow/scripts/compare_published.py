@@ -10,7 +10,7 @@ CORRELATION_ATTACK = "inversed"
 
 configure(snakemake.log[0])
 
-summary = read_summary(snakemake.input.summary)
+summary = read_summary(snakemake.input.summary, expected_fingerprint=snakemake.params.summary_fingerprint)
 final = [row for row in summary if row.get("stage", FINAL_STAGE) == FINAL_STAGE]
 attacks = list(dict.fromkeys(row["attack"] for row in final))
 attack = CORRELATION_ATTACK if CORRELATION_ATTACK in attacks else (attacks[0] if attacks else None)

@@ -6,4 +6,5 @@ from ats.runtime.logs import configure
 
 configure(snakemake.log[0])
 
-plot_against_original(snakemake.output[0], read_summary(snakemake.input.summary))
+summary = read_summary(snakemake.input.summary, expected_fingerprint=snakemake.params.summary_fingerprint)
+plot_against_original(snakemake.output[0], summary)

@@ -23,5 +23,5 @@ psnr = {
                                    params.attack_fingerprints, strict=True)
 }
 chance = {label(row["defence"], row["stage"], row["attack"]): row["psnr_chance"]
-          for row in read_summary(snakemake.input.summary)}
+          for row in read_summary(snakemake.input.summary, expected_fingerprint=snakemake.params.summary_fingerprint)}
 plot_psnr_distributions(snakemake.output[0], psnr, chance)

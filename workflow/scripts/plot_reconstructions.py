@@ -11,7 +11,7 @@ configure(snakemake.log[0])
 
 params = snakemake.params
 chance = {(row["defence"], row["stage"], row["attack"]): row["psnr_chance"]
-          for row in read_summary(snakemake.input.summary)}
+          for row in read_summary(snakemake.input.summary, expected_fingerprint=snakemake.params.summary_fingerprint)}
 # The attack files and their fingerprints come in the order of product(defences, stages, attacks).
 blocks = [
     (f"{defence} @ {stage}" + (f" / {attack}" if len(params.attacks) > 1 else "")

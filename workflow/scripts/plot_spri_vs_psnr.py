@@ -7,7 +7,7 @@ from ats.runtime.logs import configure
 
 configure(snakemake.log[0])
 
-summary = read_summary(snakemake.input.summary)
+summary = read_summary(snakemake.input.summary, expected_fingerprint=snakemake.params.summary_fingerprint)
 if snakemake.input.ranking:
     points = spri_psnr_points(summary, snakemake.input.ranking,
                               ranking_fingerprint=snakemake.params.selection_fingerprint)

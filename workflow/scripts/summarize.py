@@ -28,4 +28,5 @@ accuracy = {
     defence: load_accuracy(path, expected_fingerprint=expected)
     for defence, path, expected in zip(params.defences, snakemake.input.metrics, params.train_fingerprints, strict=True)
 }
-write_summary(snakemake.output[0], summary_rows(records, accuracy, seed=params.seed))
+write_summary(snakemake.output[0], summary_rows(records, accuracy, seed=params.seed),
+              fingerprint=params.fingerprint)

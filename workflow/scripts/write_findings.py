@@ -9,7 +9,7 @@ configure(snakemake.log[0])
 
 write_findings_html(
     snakemake.output[0],
-    read_summary(snakemake.input.summary),
+    read_summary(snakemake.input.summary, expected_fingerprint=snakemake.params.summary_fingerprint),
     lpips_note=lpips_unavailable_reason(snakemake.params.lpips_backbone)
     or "its weights appeared after the summary was made; rerun the summarize rule to add it",
 )
