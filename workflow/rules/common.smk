@@ -322,6 +322,13 @@ def get_train_fingerprints(wildcards=None):
     ]
 
 
+def get_selection_file(wildcards=None):
+    """selection.json where the search chooses the policies, as an input of the jobs whose params
+    depend on that choice (Snakemake needs a checkpoint's output among their inputs); else none.
+    """
+    return rules.select_policies.output.selection if SEARCH_ENABLED else []
+
+
 def get_summary_fingerprint(wildcards=None):
     """summary.tsv: what it summarises (every attack file and training) and how."""
     return fingerprint(
