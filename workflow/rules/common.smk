@@ -322,11 +322,11 @@ def get_train_fingerprints(wildcards=None):
     ]
 
 
-def get_selection_file(wildcards=None):
-    """selection.json where the search chooses the policies, as an input of the jobs whose params
-    depend on that choice (Snakemake needs a checkpoint's output among their inputs); else none.
-    """
-    return rules.select_policies.output.selection if SEARCH_ENABLED else []
+def get_checkpoint_file(wildcards=None):
+    """The file that the selection checkpoint is asked for (its first output, ranking.tsv), where
+    the search chooses the policies: an input of every job whose params depend on that choice, as
+    Snakemake requires; none with pinned policies."""
+    return rules.select_policies.output.ranking if SEARCH_ENABLED else []
 
 
 def get_summary_fingerprint(wildcards=None):

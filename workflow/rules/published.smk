@@ -5,8 +5,7 @@
 rule compare_published:
     input:
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
-        ranking=rules.select_policies.output.ranking if SEARCH_ENABLED else [],
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/published_comparison.tsv",

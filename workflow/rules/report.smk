@@ -36,7 +36,7 @@ rule plot_reconstructions:
     input:
         attacks=get_attack_files,
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/reconstructions.png",
@@ -64,7 +64,7 @@ rule plot_psnr_distributions:
     input:
         attacks=get_attack_files,
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/psnr_distributions.svg",
@@ -90,7 +90,7 @@ rule plot_psnr_distributions:
 rule plot_privacy_utility:
     input:
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/privacy_utility.svg",
@@ -113,8 +113,7 @@ rule plot_privacy_utility:
 rule plot_spri_vs_psnr:
     input:
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
-        ranking="results/search/ranking.tsv" if SEARCH_ENABLED else [],
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/spri_vs_psnr.svg",
@@ -138,7 +137,7 @@ rule plot_spri_vs_psnr:
 rule write_findings:
     input:
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/findings.html",
@@ -162,7 +161,7 @@ rule write_findings:
 rule plot_leak_across_training:
     input:
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/leak_across_training.svg",
@@ -185,7 +184,7 @@ rule plot_leak_across_training:
 rule plot_against_original:
     input:
         summary=rules.summarize.output[0],
-        selection=get_selection_file,
+        ranking=get_checkpoint_file,
     output:
         report(
             "results/report/against_original.svg",

@@ -176,8 +176,8 @@ checkpoint select_policies:
 
 rule plot_spri_vs_sacc:
     input:
-        ranking="results/search/ranking.tsv",
-        selection="results/search/selection.json",
+        ranking=rules.select_policies.output.ranking,
+        selection=rules.select_policies.output.selection,
     output:
         report(
             "results/search/spri_vs_sacc.svg",
@@ -199,7 +199,7 @@ rule plot_spri_vs_sacc:
 rule plot_gradsim_curves:
     input:
         shards=get_first_repeat_shard_files,
-        selection="results/search/selection.json",
+        selection=rules.select_policies.output.selection,
     output:
         report(
             "results/search/gradsim_curves.svg",
@@ -221,7 +221,7 @@ rule plot_gradsim_curves:
 
 rule plot_per_op_spri:
     input:
-        ranking="results/search/ranking.tsv",
+        ranking=rules.select_policies.output.ranking,
     output:
         report(
             "results/search/per_op_spri.svg",
