@@ -324,9 +324,10 @@ def get_train_fingerprints(wildcards=None):
 
 def get_checkpoint_file(wildcards=None):
     """The file that the selection checkpoint is asked for (its first output, ranking.tsv), where
-    the search chooses the policies: an input of every job whose params depend on that choice, as
-    Snakemake requires; none with pinned policies."""
-    return rules.select_policies.output.ranking if SEARCH_ENABLED else []
+    the search chooses the policies: an input of every job whose params depend on that choice;
+    none with pinned policies. Asked through ``checkpoints`` so that a finished selection does not
+    count as an update on every later dry run."""
+    return checkpoints.select_policies.get().output.ranking if SEARCH_ENABLED else []
 
 
 def get_summary_fingerprint(wildcards=None):
