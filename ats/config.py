@@ -1,6 +1,6 @@
 """Checks of a workflow config beyond its JSON schema, and readable messages for schema errors.
 
-The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges and fills in
+The schema (``ats/schemas/config.schema.yaml``, :data:`CONFIG_SCHEMA_PATH`) checks keys, types and ranges and fills in
 defaults; what it cannot express (the policy grammar, defence names, ResNet depths, users' model
 classes, files that must exist) is checked here. Both run when the workflow is parsed, before any
 job starts, and every message names the offending key. Torch-free: ``common.smk`` imports this on
@@ -24,7 +24,8 @@ from ats.defence.names import DefenceError, parse_defence
 from ats.policies import DISTINCT_CANDIDATES, PolicyError, parse_policy
 from ats.training.stages import StageError, check_stages, training_images
 
-CONFIG_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+CONFIG_SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+"""The config schema, shipped inside the package so that the library works outside a checkout."""
 MAX_SEED = 2**64 - 1
 """``torch.manual_seed`` takes seeds up to 2**64 - 1; a larger one would only fail inside a job."""
 

@@ -1,6 +1,6 @@
 """Property-based tests of config validation: valid values pass, every invalid one names its key.
 
-The strategies are derived from the schema itself (``workflow/schemas/config.schema.yaml``), so a
+The strategies are derived from the schema itself (``ats/schemas/config.schema.yaml``), so a
 key added there is fuzzed without touching this file; keys whose grammar lives in
 :mod:`ats.config` (policies, defences, architectures, files) get hand-written strategies. Each
 config goes through the same two steps as ``workflow/rules/common.smk``: Snakemake's schema

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ats.config import CONFIG_SCHEMA_PATH
+
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(CONFIG_SCHEMA_PATH.read_text())
 
 
 def _leaf_keys(properties: dict, prefix: str = ""):

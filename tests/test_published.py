@@ -14,6 +14,7 @@ import yaml
 from scipy import stats
 from workflow_helpers import effective_config
 
+from ats.config import CONFIG_SCHEMA_PATH
 from ats.defence.names import parse_defence
 from ats.report.published import (
     COMPARISON_COLUMNS,
@@ -79,7 +80,7 @@ def test_each_paper_config_names_its_own_published_setting(path):
 
 
 def test_schema_offers_exactly_the_published_settings_and_the_demo_none():
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(CONFIG_SCHEMA_PATH.read_text())
     key = schema["properties"]["report"]["properties"]["published_setting"]
     assert key["enum"] == [None, *published_settings()]
     assert effective_config(REPO / "config" / "config.yaml")["report"]["published_setting"] is None

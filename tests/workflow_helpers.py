@@ -9,10 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from ats.config import CONFIG_SCHEMA_PATH
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 TEST_CONFIG = REPO / "tests" / "config" / "test.yaml"
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = CONFIG_SCHEMA_PATH
 
 
 def effective_config(*configfiles: Path) -> dict:

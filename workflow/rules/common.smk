@@ -17,7 +17,12 @@ from snakemake.utils import validate
 
 from ats.case.architectures import model_choice, model_name, model_settings
 from ats.case.normalisation import dataset_spec
-from ats.config import ConfigError, check_config, describe_schema_error
+from ats.config import (
+    CONFIG_SCHEMA_PATH,
+    ConfigError,
+    check_config,
+    describe_schema_error,
+)
 from ats.policies import candidate_policies
 from ats.runtime.fingerprint import fingerprint
 from ats.runtime.provenance import read_verified_json
@@ -31,7 +36,7 @@ def _validate_config():
     Errors name the offending key and the allowed values, and stop the run before any job starts.
     """
     try:
-        validate(config, schema="../schemas/config.schema.yaml")
+        validate(config, schema=str(CONFIG_SCHEMA_PATH))
     except WorkflowError as error:
         # Snakemake flattens the jsonschema error into text; the original is the exception context.
         if not isinstance(error.__context__, jsonschema.ValidationError):
