@@ -201,12 +201,17 @@ def _check_model(config: Mapping[str, Any]) -> None:
         raise ConfigError("model.kwargs", str(error)) from None
 
 
-def schema_default(key: str) -> Any:
-    """The schema's default of the dotted ``key`` (``"attack.batch_size"``), for entry points besides the workflow."""
+def schema_node(key: str) -> Mapping[str, Any]:
+    """The schema of the dotted ``key`` (``"attack.batch_size"``): its type, bounds and default."""
     node: Mapping[str, Any] = _config_schema()
     for part in key.split("."):
         node = node["properties"][part]
-    return node["default"]
+    return node
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of the dotted ``key`` (``"seed"``), for entry points besides the workflow."""
+    return schema_node(key)["default"]
 
 
 def _check_training_stages(config: Mapping[str, Any]) -> None:

@@ -1,9 +1,9 @@
 # Helpers shared by all rules: config validation and the get_* input functions.
 #
 # Every Slurm job parses this file again, so it must stay cheap: no torch, only the torch-free
-# modules ats.config, ats.policies, ats.case.normalisation and ats.runtime.fingerprint (a config
-# naming a model.class imports torch with the user's module, to validate it), and
-# ats.search.eval_set for the evaluation images' fingerprint (numpy and h5py, no torch).
+# modules ats.config, ats.settings, ats.policies, ats.case.normalisation and
+# ats.runtime.fingerprint (a config naming a model.class imports torch with the user's module, to
+# validate it), and ats.search.eval_set for the evaluation images' fingerprint (numpy and h5py).
 
 import math
 import os
@@ -15,7 +15,7 @@ import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ats.case.architectures import model_choice, model_name, model_settings
+from ats.case.architectures import model_name
 from ats.case.normalisation import dataset_spec
 from ats.config import (
     CONFIG_SCHEMA_PATH,
@@ -27,6 +27,19 @@ from ats.policies import candidate_policies
 from ats.runtime.fingerprint import fingerprint
 from ats.runtime.provenance import read_verified_json
 from ats.search.eval_set import eval_set_fingerprint
+from ats.settings import (
+    AttackSettings,
+    Experiment,
+    PretrainSettings,
+    SelectionSettings,
+    TrainingSettings,
+    attack_fingerprint,
+    model_fingerprint,
+    pretrain_fingerprint,
+    selection_fingerprint,
+    shard_fingerprint,
+    train_fingerprint,
+)
 from ats.training.stages import FINAL, STAGE_PATTERN
 
 
@@ -65,9 +78,14 @@ _unprotect_models_of_earlier_versions()
 DATASET = config["dataset"]["name"]
 SEARCH = config["search"]
 SEARCH_ENABLED = not SEARCH["pinned_policies"]
-MODEL = model_choice(
-    config["model"]
-)  # model.arch, or the user's model.class with its kwargs
+# What every run shares (data set, normalisation, model, seed), then the settings of each stage,
+# read once from their config sections (ats.settings).
+EXPERIMENT = Experiment.from_config(config)
+MODEL = EXPERIMENT.model  # model.arch, or the user's model.class with its kwargs
+TRAINING = TrainingSettings.from_config(config["training"])
+PRETRAIN = PretrainSettings.from_config(SEARCH["pretrain"])
+SELECTION = SelectionSettings.from_config(SEARCH["selection"])
+ATTACK = AttackSettings.from_config(config["attack"])
 NUM_CLASSES = dataset_spec(DATASET).num_classes
 CHANNELS = dataset_spec(DATASET).channels
 # Every rule's software environment under --software-deployment-method conda (relative to the rule
@@ -94,24 +112,12 @@ def scaled_runtime(minutes):
 # fingerprint it was made under and is refused under another one.
 
 
-def _data_settings():
-    return {"dataset": DATASET, "normalisation": config["dataset"]["normalisation"]}
-
-
 def get_data_fingerprint():
     return fingerprint({"dataset": DATASET})
 
 
 def get_pretrain_fingerprint():
-    return fingerprint(
-        {
-            **_data_settings(),
-            **model_settings(MODEL),
-            "seed": config["seed"],
-            "pretrain": SEARCH["pretrain"],
-            "test_images": config["training"]["test_images"],
-        }
-    )
+    return pretrain_fingerprint(EXPERIMENT, PRETRAIN, TRAINING.test_images)
 
 
 def get_eval_set_fingerprint():
@@ -121,13 +127,11 @@ def get_eval_set_fingerprint():
 
 
 def get_shard_fingerprint(wildcards):
-    return fingerprint(
-        {
-            "pretrain": get_pretrain_fingerprint(),
-            "eval_set": get_eval_set_fingerprint(),
-            "policies": get_shard_policies(wildcards),
-            "repeat": int(wildcards.repeat),
-        }
+    return shard_fingerprint(
+        get_pretrain_fingerprint(),
+        get_eval_set_fingerprint(),
+        get_shard_policies(wildcards),
+        int(wildcards.repeat),
     )
 
 
@@ -141,71 +145,23 @@ def get_shard_fingerprints(wildcards=None, repeats=None):
 
 
 def get_selection_fingerprint(wildcards=None):
-    """ranking.tsv and selection.json: the shards they rank and the selection settings."""
-    return fingerprint(
-        {
-            "shards": get_shard_fingerprints(),
-            "selection": SEARCH["selection"],
-            "num_classes": NUM_CLASSES,
-            "seed": config["seed"],
-        }
+    return selection_fingerprint(
+        get_shard_fingerprints(), SELECTION, NUM_CLASSES, EXPERIMENT.seed
     )
-
-
-def get_training_settings():
-    """Training settings shared by every defence (the defence itself is a wildcard)."""
-    keys = (
-        "epochs",
-        "batch_size",
-        "train_fraction",
-        "eval_every",
-        "test_images",
-        "amp",
-        "compile",
-    )
-    return {key: config["training"][key] for key in keys}
 
 
 def get_train_fingerprint(wildcards):
-    return fingerprint(
-        {
-            **_data_settings(),
-            **model_settings(MODEL),
-            "seed": config["seed"],
-            "defence": wildcards.defence,
-            "training": get_training_settings(),
-        }
-    )
-
-
-def get_attack_settings():
-    keys = (
-        "first_target",
-        "num_targets",
-        "iterations",
-        "transformed_target",
-        "defend_observed_gradient",
-        "label_recovery",
-    )
-    return {key: config["attack"][key] for key in keys}
+    return train_fingerprint(EXPERIMENT, wildcards.defence, TRAINING)
 
 
 def get_model_fingerprint(wildcards):
     """The fingerprint of the model attacked at ``wildcards.stage``: the trained one, or a snapshot."""
-    if wildcards.stage == FINAL:
-        return get_train_fingerprint(wildcards)
-    return fingerprint(
-        {"train": get_train_fingerprint(wildcards), "stage": wildcards.stage}
-    )
+    return model_fingerprint(get_train_fingerprint(wildcards), wildcards.stage)
 
 
 def get_attack_fingerprint(wildcards):
-    return fingerprint(
-        {
-            "model": get_model_fingerprint(wildcards),
-            "attack": wildcards.attack,
-            "settings": get_attack_settings(),
-        }
+    return attack_fingerprint(
+        get_model_fingerprint(wildcards), wildcards.attack, ATTACK
     )
 
 
