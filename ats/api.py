@@ -41,6 +41,7 @@ from ats.runtime.seeding import seed_everything
 from ats.search.eval_set import EvalSet, build_eval_set, eval_set_fingerprint
 from ats.search.eval_set import load_eval_set as _read_eval_set
 from ats.search.scoring import PolicyScores, score_policies
+from ats.settings import AttackSettings, ScoringSettings
 
 __all__ = [
     "AttackConfig", "CustomModel", "DatasetArrays", "EvalSet", "PolicyScores",
@@ -122,11 +123,12 @@ def score_policy(policy: str, *, model: nn.Module, data: DatasetArrays, eval_set
     (:func:`ats.search.scoring.score_policies`); ``.spri_mean`` and ``.sacc_mean`` are the ranking
     keys. ``arch``/``model_class``/``model_kwargs`` say what ``model`` is, for the untrained one.
     """
+    scoring = ScoringSettings.from_config({"privacy": _given(bins=bins), **_given(chunk_size=chunk_size)})
     scores, _ = score_policies(
         trained=model, arch=choose_model(arch, model_class, model_kwargs), data=data, eval_set=eval_set,
         policies=[policy], seed=_default(seed, "seed"), repeat=repeat, device=resolve_device(device),
         normalisation=_default(normalisation, "dataset.normalisation"),
-        bins=_default(bins, "search.privacy.bins"), chunk_size=chunk_size)
+        bins=scoring.bins, chunk_size=scoring.chunk_size or None)
     return scores[0]
 
 
@@ -159,24 +161,33 @@ def attack(model: nn.Module, data: DatasetArrays, images: Sequence[int], *, atta
     (default: a temporary file, removed). ``None`` settings take the config schema's defaults;
     ``arch``/``model_class``/``model_kwargs`` say what ``model`` is (recorded in the fingerprint).
     """
-    settings = {
-        "iterations": iterations,
-        "batch_size": _default(batch_size, "attack.batch_size"),
-        "transformed_target": _default(transformed_target, "attack.transformed_target"),
-        "defend_observed_gradient": _default(defend_observed_gradient, "attack.defend_observed_gradient"),
-        "label_recovery": _default(label_recovery, "attack.label_recovery"),
-        "seed": _default(seed, "seed"),
-        "normalisation": _default(normalisation, "dataset.normalisation"),
-    }
+    settings = AttackSettings.from_config(_given(
+        iterations=iterations, batch_size=batch_size, transformed_target=transformed_target,
+        defend_observed_gradient=defend_observed_gradient, label_recovery=label_recovery))
+    seed, normalisation = _default(seed, "seed"), _default(normalisation, "dataset.normalisation")
     file_fingerprint = attack_fingerprint(
         weights_sha256=state_dict_digest(model.state_dict()), dataset=data.spec.name,
         arch=choose_model(arch, model_class, model_kwargs), defence=defence, stage="final", attack=attack,
-        target_indices=images, settings=settings)
+        target_indices=images, settings=_recorded_settings(settings, seed=seed, normalisation=normalisation))
     with tempfile.TemporaryDirectory(prefix="ats-attack-") as folder:
         path = Path(out_h5) if out_h5 is not None else Path(folder) / "attack.h5"
         attack_images(model=model, data=data, target_indices=np.asarray(images), defence=defence, attack=attack,
-                      device=resolve_device(device), out_h5=path, fingerprint=file_fingerprint, **settings)
+                      settings=settings, seed=seed, device=resolve_device(device), normalisation=normalisation,
+                      out_h5=path, fingerprint=file_fingerprint)
         return read_h5(path, expected_fingerprint=file_fingerprint)
+
+
+def _recorded_settings(settings: AttackSettings, *, seed: int, normalisation: str) -> dict[str, Any]:
+    """The settings that :func:`attack_fingerprint` records for an attack made outside the workflow:
+    all but the targets (recorded on their own), with the seed and the normalisation."""
+    section = settings.as_section()
+    del section["first_target"], section["num_targets"]
+    return {**section, "seed": seed, "normalisation": normalisation}
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The arguments that were given (not ``None``): the others take the schema's defaults."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _default(value: Any, key: str) -> Any:

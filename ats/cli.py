@@ -128,12 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--stage", type=_checked(parse_stage, "training stage"), default=FINAL,
                         help="the training stage the checkpoint holds (init, step-N, epoch-N, final)")
     attack.add_argument("--iterations", type=int, help="override of the attack's iteration budget")
-    attack.add_argument("--batch-size", type=int, default=schema_default("attack.batch_size"))
+    attack.add_argument("--batch-size", type=int, help=f"config attack.batch_size "
+                        f"(default {schema_default('attack.batch_size')})")
     for flag, key in (("transformed-target", "attack.transformed_target"),
                       ("defend-observed-gradient", "attack.defend_observed_gradient"),
                       ("label-recovery", "attack.label_recovery")):
-        attack.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=schema_default(key),
-                            help=f"config {key}")
+        attack.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction,
+                            help=f"config {key} (default {schema_default(key)})")
     attack.set_defaults(run=_run_attack, parser=attack)
 
     score = commands.add_parser("score", help="score policies (S_pri, S_acc) on a search model (a score shard)",
@@ -197,10 +198,11 @@ def _weights_sha256(checkpoint: Path) -> str:
 
 
 def _run_attack(arguments: argparse.Namespace) -> int:
-    from ats.api import attack_fingerprint
+    from ats.api import _recorded_settings, attack_fingerprint
     from ats.attack.stage import attack_defence
     from ats.case.datasets import load_dataset
     from ats.runtime.hdf5 import read_h5
+    from ats.settings import AttackSettings
 
     model = _model(arguments)
     dataset_file = _dataset_file(arguments)
@@ -209,20 +211,22 @@ def _run_attack(arguments: argparse.Namespace) -> int:
     if first + count > test_images:
         raise UsageError(f"argument --images: {first}-{first + count - 1} exceeds the {test_images} test images "
                          f"of {arguments.dataset}")
-    settings = {"iterations": arguments.iterations, "batch_size": arguments.batch_size,
-                "transformed_target": arguments.transformed_target,
-                "defend_observed_gradient": arguments.defend_observed_gradient,
-                "label_recovery": arguments.label_recovery, "seed": arguments.seed,
-                "normalisation": arguments.normalisation}
+    given = {"first_target": first, "num_targets": count, "iterations": arguments.iterations,
+             "batch_size": arguments.batch_size, "transformed_target": arguments.transformed_target,
+             "defend_observed_gradient": arguments.defend_observed_gradient,
+             "label_recovery": arguments.label_recovery}
+    settings = AttackSettings.from_config({key: value for key, value in given.items() if value is not None})
     file_fingerprint = attack_fingerprint(
         weights_sha256=_weights_sha256(arguments.checkpoint), dataset=arguments.dataset, arch=model,
         defence=arguments.defence, stage=arguments.stage, attack=arguments.attack,
-        target_indices=range(first, first + count), settings=settings)
+        target_indices=settings.target_indices,
+        settings=_recorded_settings(settings, seed=arguments.seed, normalisation=arguments.normalisation))
     started = time.perf_counter()
     attack_defence(dataset_h5=dataset_file, checkpoint=arguments.checkpoint,
                    model_fingerprint=arguments.model_fingerprint, arch=model, defence=arguments.defence,
-                   stage=arguments.stage, attack=arguments.attack, first_target=first, num_targets=count,
-                   device=arguments.device, out_h5=arguments.out, fingerprint=file_fingerprint, **settings)
+                   stage=arguments.stage, attack=arguments.attack, settings=settings, seed=arguments.seed,
+                   device=arguments.device, normalisation=arguments.normalisation, out_h5=arguments.out,
+                   fingerprint=file_fingerprint)
     seconds = time.perf_counter() - started
     arrays, attrs = read_h5(arguments.out, expected_fingerprint=file_fingerprint)
     print(f"{arguments.out}: {attrs['attack']} ({attrs['iterations']} iterations) on test images {first}-"
@@ -238,6 +242,7 @@ def _run_score(arguments: argparse.Namespace) -> int:
     from ats.runtime.fingerprint import fingerprint
     from ats.search.eval_set import eval_set_fingerprint
     from ats.search.scoring import read_scores, score_shard
+    from ats.settings import ScoringSettings
 
     model = _model(arguments)
     dataset_file = _dataset_file(arguments)
@@ -251,10 +256,12 @@ def _run_score(arguments: argparse.Namespace) -> int:
         "seed": arguments.seed, "bins": arguments.bins, "normalisation": arguments.normalisation,
     })
     started = time.perf_counter()
+    scoring = ScoringSettings.from_config({"privacy": {"bins": arguments.bins},
+                                           "chunk_size": arguments.chunk_size or 0})
     score_shard(dataset_h5=dataset_file, eval_set_h5=arguments.eval_set, search_checkpoint=arguments.checkpoint,
                 arch=model, policies=arguments.policy, out_h5=arguments.out, seed=arguments.seed,
                 repeat=arguments.repeat, device=arguments.device, normalisation=arguments.normalisation,
-                bins=arguments.bins, chunk_size=arguments.chunk_size, fingerprint=file_fingerprint,
+                settings=scoring, fingerprint=file_fingerprint,
                 model_fingerprint=arguments.model_fingerprint, eval_set_fingerprint=images_fingerprint)
     seconds = time.perf_counter() - started
     for entry in read_scores([arguments.out]):

@@ -7,9 +7,11 @@ each value against the schema, naming the key. Fields that change only the speed
 its results, are marked with :func:`speed_only` and left out of its fingerprint.
 
 Each kind of run (pretraining, training of one defence, a snapshot, an attack, a score shard, the
-selection) has one fingerprint function here. ``common.smk`` calls it for the fingerprints that
-readers expect of upstream outputs, and the stage's adapter calls it for the fingerprint it
-writes, so the two cannot drift apart. Torch-free: ``common.smk`` imports this on every job start.
+selection) has one fingerprint function here, computed from the settings objects. ``common.smk``
+calls it once per artefact, both for the fingerprint a job writes (its ``fingerprint`` param, which
+also makes Snakemake rerun the job when a setting that matters changes) and for the fingerprints
+that readers expect of upstream outputs, so the two cannot drift apart. Torch-free: ``common.smk``
+imports this on every job start.
 """
 
 from __future__ import annotations
@@ -59,6 +61,22 @@ class _Settings:
             _check_value(key, value, schema)
             values[field.name] = value
         return cls(**values)
+
+    def as_section(self) -> dict[str, Any]:
+        """The settings in their config section's layout, which :meth:`from_config` reads back.
+
+        Rules pass this, not the whole section, as a param: Snakemake reruns a job whose params
+        changed, and keys of the section that the stage does not read (``training.baselines``)
+        must not rerun it.
+        """
+        section: dict[str, Any] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            *parents, name = field.metadata.get(_KEY, field.name).split(".")
+            node = section
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[name] = getattr(self, field.name)
+        return section
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that determine a stage's results, by their name, as fingerprints take them."""

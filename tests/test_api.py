@@ -17,6 +17,7 @@ from ats.attack.stage import attack_defence
 from ats.runtime.checkpoints import save_checkpoint
 from ats.runtime.hdf5 import read_h5
 from ats.search.scoring import read_scores, score_shard
+from ats.settings import AttackSettings, ScoringSettings
 from tests.conftest import tiny_dataset_file, write_fashion_mnist_folder
 from tests.custom_models import TinyNet
 
@@ -64,7 +65,8 @@ def test_score_policy_gives_the_score_shards_scores(case, one_thread) -> None:
                               device="cpu")
     score_shard(dataset_h5=dataset_file, eval_set_h5=folder / "eval.h5", search_checkpoint=checkpoint,
                 arch="ConvNet8", policies=["3-1-7"], out_h5=folder / "shard.h5", seed=7, device="cpu",
-                normalisation="faithful", bins=3, fingerprint="shard")
+                normalisation="faithful", settings=ScoringSettings.from_config({"privacy": {"bins": 3}}),
+                fingerprint="shard")
     (stored,) = read_scores([folder / "shard.h5"])
     np.testing.assert_array_equal(scores.spri, stored.spri)
     np.testing.assert_array_equal(scores.sacc, stored.sacc)
@@ -75,8 +77,8 @@ def test_attack_gives_the_attack_stages_file(case, tmp_path, one_thread) -> None
     arrays, attrs = api.attack(model, data, [0, 1], attack="inversed", defence="crop", arch="ConvNet8",
                                iterations=2, seed=3, device="cpu")
     attack_defence(dataset_h5=dataset_file, checkpoint=checkpoint, model_fingerprint="fp", arch="ConvNet8",
-                   defence="crop", stage="final", attack="inversed", first_target=0, num_targets=2, iterations=2,
-                   batch_size=32, transformed_target=True, defend_observed_gradient=True, label_recovery=False,
+                   defence="crop", stage="final", attack="inversed",
+                   settings=AttackSettings.from_config({"num_targets": 2, "iterations": 2}),
                    seed=3, device="cpu", normalisation="faithful", out_h5=tmp_path / "stage.h5", fingerprint="x")
     stage_arrays, _ = read_h5(tmp_path / "stage.h5")
     assert arrays.keys() == stage_arrays.keys()

@@ -17,6 +17,7 @@ from ats.attack.metrics import psnr
 from ats.attack.registration import registered_metrics
 from ats.attack.stage import attack_defence
 from ats.runtime.hdf5 import read_h5
+from ats.settings import AttackSettings, TrainingSettings
 from ats.training import loop
 
 
@@ -24,18 +25,18 @@ from ats.training import loop
 def untrained(tmp_path_factory, tiny_dataset_h5) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("untrained")
     dataset = tiny_dataset_h5("fashion-mnist", per_class=2)
-    loop.snapshot_stage(dataset_h5=dataset, arch="ConvNet8", defence="21", stage="init", epochs=1, batch_size=8,
-                        seed=3, device="cpu", normalisation="faithful", out_checkpoint=folder / "init.pt",
-                        fingerprint="fp")
+    loop.snapshot_stage(dataset_h5=dataset, arch="ConvNet8", defence="21", stage="init",
+                        settings=TrainingSettings.from_config({"epochs": 1, "batch_size": 8}), seed=3, device="cpu",
+                        normalisation="faithful", out_checkpoint=folder / "init.pt", fingerprint="fp")
     return dataset, folder / "init.pt"
 
 
 def _attack(untrained: tuple[Path, Path], out_h5: Path, attack: str, defence: str = "21") -> tuple[dict, dict]:
     dataset, checkpoint = untrained
     attack_defence(dataset_h5=dataset, checkpoint=checkpoint, model_fingerprint="fp", arch="ConvNet8", defence=defence,
-                   stage="init", attack=attack, first_target=0, num_targets=2, iterations=3, batch_size=2,
-                   transformed_target=True, defend_observed_gradient=True, label_recovery=False, seed=3,
-                   device="cpu", normalisation="faithful", out_h5=out_h5, fingerprint="attack")
+                   stage="init", attack=attack,
+                   settings=AttackSettings.from_config({"num_targets": 2, "iterations": 3, "batch_size": 2}),
+                   seed=3, device="cpu", normalisation="faithful", out_h5=out_h5, fingerprint="attack")
     return read_h5(out_h5, expected_fingerprint="attack")
 
 

@@ -19,6 +19,7 @@ from ats.report.loaders import load_attack_metrics
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.hdf5 import read_h5
 from ats.search.scoring import read_scores
+from ats.settings import AttackSettings
 from tests.conftest import tiny_dataset_file
 from tests.custom_models import TinyNet
 
@@ -69,9 +70,9 @@ def test_attack_writes_the_attack_stages_file(inputs, tmp_path, capsys) -> None:
     assert len(metrics["psnr"]) == 2
     # The stage function with the same settings writes the same arrays (only the fingerprint is the caller's).
     attack_defence(dataset_h5=dataset, checkpoint=checkpoint, model_fingerprint=None, arch="ConvNet8", defence="3-1-7",
-                   stage="final", attack="inversed", first_target=1, num_targets=2, iterations=2, batch_size=32,
-                   transformed_target=True, defend_observed_gradient=True, label_recovery=False, seed=3,
-                   device="cpu", normalisation="faithful", out_h5=tmp_path / "stage.h5", fingerprint="x")
+                   stage="final", attack="inversed",
+                   settings=AttackSettings.from_config({"first_target": 1, "num_targets": 2, "iterations": 2}),
+                   seed=3, device="cpu", normalisation="faithful", out_h5=tmp_path / "stage.h5", fingerprint="x")
     cli_arrays, cli_attrs = read_h5(tmp_path / "cli.h5")
     stage_arrays, stage_attrs = read_h5(tmp_path / "stage.h5", expected_fingerprint="x")
     assert cli_arrays.keys() == stage_arrays.keys()

@@ -22,6 +22,7 @@ from ats.config import CONFIG_SCHEMA_PATH, ConfigError, check_config
 from ats.runtime.hdf5 import read_h5
 from ats.search.eval_set import build_eval_set
 from ats.search.scoring import read_scores, score_shard
+from ats.settings import AttackSettings, ScoringSettings, TrainingSettings
 from ats.training import loop
 from tests.conftest import tiny_dataset_file
 from tests.custom_models import TenWayMLP, TinyNet
@@ -65,8 +66,8 @@ def trained(tmp_path_factory):
     metrics = loop.train_stage(
         dataset_h5=dataset, arch=TINY, defence="crop", out_checkpoint=folder / "model.pt",
         out_history_tsv=folder / "history.tsv", out_metrics_json=folder / "metrics.json",
-        state_path=folder / "state.pt", epochs=1, batch_size=10, seed=5, device="cpu", normalisation="faithful",
-        fingerprint="custom-fp")
+        state_path=folder / "state.pt", settings=TrainingSettings.from_config({"epochs": 1, "batch_size": 10}),
+        seed=5, device="cpu", normalisation="faithful", fingerprint="custom-fp")
     return dataset, folder / "model.pt", metrics
 
 
@@ -89,7 +90,8 @@ def test_scoring_a_users_model(trained, tmp_path) -> None:
                    fingerprint="eval")
     score_shard(dataset_h5=dataset, eval_set_h5=tmp_path / "eval.h5", search_checkpoint=checkpoint, arch=TINY,
                 policies=["", "3-1-7"], out_h5=tmp_path / "shard.h5", seed=7, device="cpu", normalisation="faithful",
-                bins=3, fingerprint="shard", model_fingerprint="custom-fp")
+                settings=ScoringSettings.from_config({"privacy": {"bins": 3}}), fingerprint="shard",
+                model_fingerprint="custom-fp")
     scores = read_scores([tmp_path / "shard.h5"])
     assert [entry.policy for entry in scores] == ["", "3-1-7"]
     assert all(entry.is_finite and entry.spri.shape == (10,) for entry in scores)
@@ -99,8 +101,8 @@ def test_scoring_a_users_model(trained, tmp_path) -> None:
 def test_attacking_a_users_model(trained, tmp_path) -> None:
     dataset, checkpoint, _ = trained
     attack_defence(dataset_h5=dataset, checkpoint=checkpoint, model_fingerprint="custom-fp", arch=TINY,
-                   defence="crop", stage="final", attack="inversed", first_target=0, num_targets=2, iterations=2,
-                   batch_size=2, transformed_target=True, defend_observed_gradient=True, label_recovery=False,
+                   defence="crop", stage="final", attack="inversed",
+                   settings=AttackSettings.from_config({"num_targets": 2, "iterations": 2, "batch_size": 2}),
                    seed=3, device="cpu", normalisation="faithful", out_h5=tmp_path / "attack.h5",
                    fingerprint="attack")
     arrays, attrs = read_h5(tmp_path / "attack.h5", expected_fingerprint="attack")

@@ -18,6 +18,7 @@ from workflow_helpers import REPO
 from ats.runtime.checkpoints import save_checkpoint
 from ats.search.scoring import make_policy_scores, write_scores
 from ats.search.selection import NothingChosenError, select_policies
+from ats.settings import SelectionSettings, TrainingSettings
 from ats.training import loop
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -71,17 +72,18 @@ def _shard(folder: Path, sacc: float) -> Path:
     return path
 
 
-def _select(folder: Path, shard: Path, **options) -> None:
+def _select(folder: Path, shard: Path, **selection) -> None:
     select_policies(shard_paths=[shard], shard_fingerprints=["shard-fp"], ranking_tsv=folder / "ranking.tsv",
-                    selection_json=folder / "selection.json", rule="cvpr", alpha=0.7, top_k=2, num_classes=10,
-                    seed=7, fingerprint="selection-fp", **options)
+                    selection_json=folder / "selection.json",
+                    settings=SelectionSettings.from_config({"top_k": 2, **selection}), num_classes=10, seed=7,
+                    fingerprint="selection-fp")
 
 
 def test_a_selection_that_chooses_nothing_fails_naming_the_key(tmp_path: Path) -> None:
     """It used to log a warning and end green with no policy chosen."""
     shard = _shard(tmp_path, sacc=-10.0)
     with pytest.raises(NothingChosenError) as caught:
-        _select(tmp_path, shard, threshold=-5.0)
+        _select(tmp_path, shard, accuracy_threshold=-5.0)
     message = str(caught.value)
     assert "S_acc threshold -5.000 (search.selection.accuracy_threshold, config)" in message
     assert "best mean S_acc of the 2 finite candidates is -10.000" in message
@@ -90,7 +92,7 @@ def test_a_selection_that_chooses_nothing_fails_naming_the_key(tmp_path: Path) -
 
 
 def test_an_empty_selection_passes_when_the_config_allows_it(tmp_path: Path) -> None:
-    _select(tmp_path, _shard(tmp_path, sacc=-10.0), threshold=-5.0, allow_empty=True)
+    _select(tmp_path, _shard(tmp_path, sacc=-10.0), accuracy_threshold=-5.0, allow_empty=True)
     assert (tmp_path / "selection.json").exists()
 
 
@@ -101,7 +103,7 @@ def test_training_refuses_more_test_images_than_the_split_holds(tmp_path: Path, 
             dataset_h5=tiny_dataset_h5("cifar10", per_class=2), arch="ConvNet8", defence="none",
             out_checkpoint=tmp_path / "model.pt", out_history_tsv=tmp_path / "history.tsv",
             out_metrics_json=tmp_path / "metrics.json", state_path=tmp_path / "state.pt",
-            epochs=1, batch_size=16, seed=0, device="cpu", normalisation="faithful", fingerprint="fp",
-            test_images=21,
+            settings=TrainingSettings.from_config({"epochs": 1, "batch_size": 16, "test_images": 21}), seed=0,
+            device="cpu", normalisation="faithful", fingerprint="fp",
         )
     assert not (tmp_path / "model.pt").exists()

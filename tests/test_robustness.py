@@ -43,6 +43,7 @@ from ats.runtime.provenance import provenance_path, read_verified_tsv, write_wit
 from ats.search import accuracy, privacy, scoring
 from ats.search.eval_set import build_eval_set
 from ats.search.selection import select_policies
+from ats.settings import ScoringSettings, SelectionSettings, TrainingSettings
 from ats.training import loop as training
 
 FINGERPRINT = "config-a"
@@ -372,7 +373,8 @@ def test_real_training_divergence_fails_with_a_clear_message(tmp_path: Path, tin
             dataset_h5=tiny_dataset_h5("cifar10", per_class=2), arch="ConvNet8", defence="gauss-1e30",
             out_checkpoint=tmp_path / "model.pt", out_history_tsv=tmp_path / "history.tsv",
             out_metrics_json=tmp_path / "metrics.json", state_path=tmp_path / "state.pt",
-            epochs=2, batch_size=8, seed=0, device="cpu", normalisation="faithful", fingerprint="fp",
+            settings=TrainingSettings.from_config({"epochs": 2, "batch_size": 8}), seed=0, device="cpu",
+            normalisation="faithful", fingerprint="fp",
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no state to resume from
 
@@ -491,14 +493,17 @@ def search_inputs(
 def _score(search_inputs: dict[str, Any], out_h5: Path, policies: list[str] = SCORED_POLICIES,
            **options: Any) -> dict[str, np.ndarray]:
     scoring.score_shard(**search_inputs, arch="ConvNet8", policies=policies, out_h5=out_h5, seed=7,
-                        device="cpu", normalisation="faithful", bins=2, fingerprint=FINGERPRINT, **options)
+                        device="cpu", normalisation="faithful",
+                        settings=ScoringSettings.from_config({"privacy": {"bins": 2}, **options}),
+                        fingerprint=FINGERPRINT)
     return read_h5(out_h5, expected_fingerprint=FINGERPRINT)[0]
 
 
 def _select(shards: list[Path], folder: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
     select_policies(shard_paths=shards, shard_fingerprints=[FINGERPRINT] * len(shards),
-                    ranking_tsv=folder / "ranking.tsv", selection_json=folder / "selection.json", rule="cvpr",
-                    alpha=0.7, threshold=-1e9, top_k=2, num_classes=10, seed=7, fingerprint="selection")
+                    ranking_tsv=folder / "ranking.tsv", selection_json=folder / "selection.json",
+                    settings=SelectionSettings.from_config({"accuracy_threshold": -1e9, "top_k": 2}), num_classes=10,
+                    seed=7, fingerprint="selection")
     return read_tsv(folder / "ranking.tsv"), json.loads((folder / "selection.json").read_text())
 
 

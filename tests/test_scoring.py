@@ -15,6 +15,7 @@ from ats.runtime.hdf5 import CacheError, read_h5
 from ats.runtime.seeding import derive_seed
 from ats.search.eval_set import build_eval_set
 from ats.search.scoring import read_scores, repeat_seed, score_shard
+from ats.settings import ScoringSettings
 
 ARCH = "ConvNet8"
 BINS = 3
@@ -45,8 +46,8 @@ def _score(search_inputs, policies, name, checkpoint=None, **overrides):
     out = folder / f"{name}.h5"
     arguments = {"dataset_h5": dataset, "eval_set_h5": eval_set,
                  "search_checkpoint": checkpoint or default_checkpoint, "arch": ARCH, "policies": policies,
-                 "out_h5": out, "seed": 7, "device": "cpu", "normalisation": "faithful", "bins": BINS,
-                 "chunk_size": None, "fingerprint": "shard"}
+                 "out_h5": out, "seed": 7, "device": "cpu", "normalisation": "faithful",
+                 "settings": ScoringSettings.from_config({"privacy": {"bins": BINS}}), "fingerprint": "shard"}
     score_shard(**{**arguments, **overrides})
     return out
 

@@ -29,6 +29,7 @@ from ats.search.selection import (
     select_policies,
     split_repeats,
 )
+from ats.settings import SelectionSettings
 from ats.stats import mean_interval
 
 
@@ -57,9 +58,9 @@ def write_shards(folder, groups: list[list[PolicyScores]]) -> list:
 
 def select(shards: list, folder, top_k: int = 2, threshold: float | None = None) -> tuple[list[dict], dict]:
     ranking, selection = folder / "ranking.tsv", folder / "selection.json"
+    settings = SelectionSettings.from_config({"accuracy_threshold": threshold, "top_k": top_k})
     select_policies(shard_paths=shards, shard_fingerprints=["f"] * len(shards), ranking_tsv=ranking,
-                    selection_json=selection, rule="cvpr", alpha=0.7, threshold=threshold, top_k=top_k, num_classes=10,
-                    seed=7, fingerprint="selection")
+                    selection_json=selection, settings=settings, num_classes=10, seed=7, fingerprint="selection")
     return read_tsv(ranking), json.loads(selection.read_text())
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 from ats.case.models import CheckpointMismatchError, build_model
 from ats.runtime.atomic import read_tsv
 from ats.runtime.checkpoints import load_checkpoint
+from ats.settings import TrainingSettings
 from ats.training import loop
 from ats.training.recipe import (
     CONSERVATIVE,
@@ -160,16 +161,21 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "Preprocessor", _Preprocessor)
 
 
+TRAINING_KEYS = {field.name for field in fields(TrainingSettings)}
+
+
 def _train(folder: Path, **overrides: Any) -> dict[str, Any] | None:
+    """Train with the stand-ins; ``overrides`` are stage arguments or keys of the training section."""
+    recipe = {"epochs": 4, "batch_size": 16, "eval_every": 2}
+    recipe.update({key: overrides.pop(key) for key in list(overrides) if key in TRAINING_KEYS})
     arguments: dict[str, Any] = dict(
         dataset_h5=folder / "data.h5", arch="tiny", defence="crop",
         out_checkpoint=folder / "model.pt", out_history_tsv=folder / "history.tsv",
         out_metrics_json=folder / "metrics.json", state_path=folder / "state.pt",
-        epochs=4, batch_size=16, seed=7, device="cpu", normalisation="faithful", eval_every=2,
-        fingerprint="config-fp",
+        seed=7, device="cpu", normalisation="faithful", fingerprint="config-fp",
     )
     arguments.update(overrides)
-    return loop.train_stage(**arguments)
+    return loop.train_stage(settings=TrainingSettings.from_config(recipe), **arguments)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -346,7 +352,8 @@ def test_real_components_train_policies_and_gradient_defences(
         dataset_h5=tiny_dataset_h5(dataset, per_class=4), arch="ConvNet8", defence=defence,
         out_checkpoint=tmp_path / "model.pt", out_history_tsv=tmp_path / "history.tsv",
         out_metrics_json=tmp_path / "metrics.json", state_path=tmp_path / "state.pt",
-        epochs=1, batch_size=16, seed=0, device="cpu", normalisation="faithful", fingerprint="fp",
+        settings=TrainingSettings.from_config({"epochs": 1, "batch_size": 16}), seed=0, device="cpu",
+        normalisation="faithful", fingerprint="fp",
     )
     assert metrics is not None and metrics["train_images"] == 40 and 0 <= metrics["test_accuracy"] <= 1
     assert load_checkpoint(tmp_path / "model.pt")["meta"]["channels"] == channels

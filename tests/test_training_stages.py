@@ -16,6 +16,7 @@ import torch
 from ats.attack.stage import attack_defence
 from ats.runtime.checkpoints import load_checkpoint
 from ats.runtime.hdf5 import CacheError, read_h5
+from ats.settings import AttackSettings, TrainingSettings
 from ats.training import loop
 from ats.training.stages import StageError, TrainingStage, check_stages, parse_stage, steps_per_epoch
 from tests.test_training import _train, stand_ins  # noqa: F401 (a fixture)
@@ -50,8 +51,9 @@ def test_stage_checks_refuse_points_outside_the_run_and_duplicates():
 def _snapshot(folder: Path, stage: str, **overrides: Any) -> dict[str, Any]:
     arguments: dict[str, Any] = dict(
         dataset_h5=folder / "data.h5", arch="tiny", defence="crop", stage=stage,
-        out_checkpoint=folder / f"{stage}.pt", epochs=4, batch_size=16, seed=7, device="cpu",
-        normalisation="faithful", eval_every=2, fingerprint=f"snapshot-{stage}",
+        out_checkpoint=folder / f"{stage}.pt", seed=7, device="cpu", normalisation="faithful",
+        settings=TrainingSettings.from_config({"epochs": 4, "batch_size": 16, "eval_every": 2}),
+        fingerprint=f"snapshot-{stage}",
     )
     arguments.update(overrides)
     loop.snapshot_stage(**arguments)
@@ -97,14 +99,14 @@ def test_snapshot_outside_the_run_is_refused_before_training(tmp_path: Path) -> 
 def test_attack_at_initialisation_on_a_real_tiny_run(tmp_path: Path, tiny_dataset_h5) -> None:
     """Snapshot the untrained model of a real (tiny) run, attack it, and refuse foreign snapshots."""
     dataset = tiny_dataset_h5("fashion-mnist", per_class=2)
-    common = dict(dataset_h5=dataset, arch="ConvNet8", defence="3-1-7", epochs=2, batch_size=8, seed=3,
-                  device="cpu", normalisation="faithful", eval_every=1)
+    common = dict(dataset_h5=dataset, arch="ConvNet8", defence="3-1-7", seed=3, device="cpu",
+                  normalisation="faithful",
+                  settings=TrainingSettings.from_config({"epochs": 2, "batch_size": 8, "eval_every": 1}))
     loop.snapshot_stage(stage="init", out_checkpoint=tmp_path / "init.pt", fingerprint="fp-init", **common)
     loop.snapshot_stage(stage="step-1", out_checkpoint=tmp_path / "step-1.pt", fingerprint="fp-step", **common)
-    attack = dict(dataset_h5=dataset, arch="ConvNet8", defence="3-1-7", attack="inversed", first_target=0,
-                  num_targets=2, iterations=3, batch_size=2, transformed_target=True,
-                  defend_observed_gradient=True, label_recovery=False, seed=3, device="cpu",
-                  normalisation="faithful", fingerprint="attack-fp")
+    attack = dict(dataset_h5=dataset, arch="ConvNet8", defence="3-1-7", attack="inversed",
+                  settings=AttackSettings.from_config({"num_targets": 2, "iterations": 3, "batch_size": 2}),
+                  seed=3, device="cpu", normalisation="faithful", fingerprint="attack-fp")
 
     attack_defence(checkpoint=tmp_path / "init.pt", model_fingerprint="fp-init", stage="init",
                    out_h5=tmp_path / "init.h5", **attack)

@@ -8,7 +8,7 @@ protocol questions that depend on the defence:
   the test image *as the defence transforms it*: a policy model shares the gradient of a random
   crop/flip/policy draw of the image, while the baselines (``none``, ``crop``) and the gradient
   defences share the plain image (the original attacked its crop-trained baseline in ``normal``
-  mode). ``transformed_target=False`` shares the plain image for every defence.
+  mode). ``settings.transformed_target=False`` shares the plain image for every defence.
 * **Which draw.** Each target's draw comes from a generator seeded by ``(seed, defence, index)``,
   so it does not depend on the batch it is attacked in.
 """
@@ -36,6 +36,7 @@ from ats.policies import parse_policy
 from ats.runtime.device import resolve_device
 from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.seeding import derive_seed, seed_everything, torch_generator
+from ats.settings import AttackSettings
 from ats.training.stages import FINAL
 from ats.transforms.pipeline import Preprocessor, centred_draw, draw_per_sample, sample_draw
 
@@ -51,20 +52,14 @@ def attack_defence(
     defence: str,
     stage: str,
     attack: str | AttackConfig,
-    first_target: int,
-    num_targets: int,
-    iterations: int | None,
-    batch_size: int,
-    transformed_target: bool,
-    defend_observed_gradient: bool,
-    label_recovery: bool,
+    settings: AttackSettings,
     seed: int,
     device: str,
     normalisation: str,
     out_h5: str | os.PathLike,
     fingerprint: str,
 ) -> None:
-    """Attack test images ``first_target … first_target + num_targets − 1`` of one defence's model.
+    """Attack the test images ``settings.target_indices`` of one defence's model.
 
     ``checkpoint`` is the model of training stage ``stage`` (:mod:`ats.training.stages`): the trained
     model or a snapshot. ``model_fingerprint`` is the fingerprint it must carry, so that a model of
@@ -81,10 +76,8 @@ def attack_defence(
         raise ValueError(f"{checkpoint}: holds the model of training stage {meta.get('stage', FINAL)!r}, "
                          f"not {stage!r}")
     attack_images(
-        model=model, data=data, target_indices=np.arange(first_target, first_target + num_targets),
-        defence=defence, attack=attack, iterations=iterations, batch_size=batch_size,
-        transformed_target=transformed_target, defend_observed_gradient=defend_observed_gradient,
-        label_recovery=label_recovery, seed=seed, device=torch_device, normalisation=normalisation, stage=stage,
+        model=model, data=data, target_indices=settings.target_indices, defence=defence, attack=attack,
+        settings=settings, seed=seed, device=torch_device, normalisation=normalisation, stage=stage,
         training_step=int(meta.get("optimizer_steps", -1)), out_h5=out_h5, fingerprint=fingerprint,
     )
 
@@ -96,11 +89,7 @@ def attack_images(
     target_indices: Sequence[int] | np.ndarray,
     defence: str,
     attack: str | AttackConfig,
-    iterations: int | None,
-    batch_size: int,
-    transformed_target: bool,
-    defend_observed_gradient: bool,
-    label_recovery: bool,
+    settings: AttackSettings,
     seed: int,
     device: str | torch.device,
     normalisation: str,
@@ -112,8 +101,9 @@ def attack_images(
     """Attack the test images ``target_indices`` of ``data`` on a loaded ``model`` trained under ``defence``.
 
     The work of :func:`attack_defence` once its inputs are loaded, for callers that hold the model
-    and the data in memory (:mod:`ats.api`). ``device`` must be resolved (not ``"auto"``);
-    ``stage`` and ``training_step`` are recorded in the attack file.
+    and the data in memory (:mod:`ats.api`); ``target_indices`` replace the targets of
+    ``settings``. ``device`` must be resolved (not ``"auto"``); ``stage`` and ``training_step`` are
+    recorded in the attack file.
     """
     spec = parse_defence(defence)
     indices = np.asarray(target_indices, dtype=np.int64)
@@ -127,7 +117,7 @@ def attack_images(
     mean, std = normalisation_constants(data.spec.name, normalisation)
     preprocessor = Preprocessor(data.spec.channels, mean, std, device=torch_device)
 
-    shares_transformed_image = transformed_target and spec.kind == "policy"
+    shares_transformed_image = settings.transformed_target and spec.kind == "policy"
     policy = parse_policy(spec.policy) if shares_transformed_image else ()
     mode = "policy" if shares_transformed_image else "plain"
     draw = draw_per_sample(
@@ -148,7 +138,7 @@ def attack_images(
     logger.info(
         "attacking %d test images of defence %s with %s (%s preprocessing, observed gradient %s)",
         len(indices), defence, attack.name if isinstance(attack, AttackConfig) else attack, mode,
-        "defended" if defend_observed_gradient and spec.acts_on_gradient else "clean",
+        "defended" if settings.defend_observed_gradient and spec.acts_on_gradient else "clean",
     )
     attack_stage(
         model=model,
@@ -160,11 +150,11 @@ def attack_images(
         policy=policy,
         draw=draw,
         defence=GradientDefence.from_spec(spec.kind, spec.strength),
-        defend_observed_gradient=defend_observed_gradient,
+        defend_observed_gradient=settings.defend_observed_gradient,
         attack_name=attack,
-        iterations=iterations,
-        batch_size=batch_size,
-        label_recovery=label_recovery,
+        iterations=settings.iterations,
+        batch_size=settings.batch_size,
+        label_recovery=settings.label_recovery,
         seed=seed,
         device=torch_device,
         train_mean=train_mean,

@@ -55,6 +55,7 @@ import numpy as np
 from ats.case.architectures import ModelChoice, model_name
 from ats.runtime.hdf5 import CacheError, read_h5, write_h5
 from ats.runtime.seeding import derive_seed
+from ats.settings import ScoringSettings
 
 if TYPE_CHECKING:
     import torch
@@ -218,16 +219,16 @@ def score_shard(
     repeat: int = 0,
     device: str,
     normalisation: str,
-    bins: int = 20,
-    chunk_size: int | None = None,
+    settings: ScoringSettings,
     fingerprint: str,
     model_fingerprint: str | None = None,
     eval_set_fingerprint: str | None = None,
 ) -> None:
     """Stage function: score every policy of the shard for repeat ``repeat`` and write ``out_h5`` atomically.
 
-    ``chunk_size`` is the number of inputs per gradient pass (``None``: from the model size, see
-    :func:`ats.search.privacy.default_chunk_size`). ``model_fingerprint`` and
+    ``settings.chunk_size`` is the number of inputs per gradient pass (0: from the model size, see
+    :func:`ats.search.privacy.default_chunk_size`). ``fingerprint`` is the shard's
+    (:func:`ats.settings.shard_fingerprint` in the workflow). ``model_fingerprint`` and
     ``eval_set_fingerprint`` are the configuration fingerprints the search checkpoint and the
     evaluation set must carry, so that scores are never computed on inputs of another configuration.
     """
@@ -253,7 +254,7 @@ def score_shard(
                          expected_fingerprint=model_fingerprint)
     scores, attrs = score_policies(trained=trained, arch=arch, data=dataset, eval_set=eval_set, policies=policies,
                                    seed=seed, repeat=repeat, device=torch_device, normalisation=normalisation,
-                                   bins=bins, chunk_size=chunk_size)
+                                   bins=settings.bins, chunk_size=settings.chunk_size or None)
     write_scores(out_h5, scores, privacy_indices=eval_set.privacy_indices, privacy_labels=eval_set.privacy_labels,
                  run_sizes=[len(batch) for batch in eval_set.accuracy_batches()], attrs=attrs,
                  fingerprint=fingerprint)

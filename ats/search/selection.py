@@ -50,6 +50,7 @@ from ats.runtime.atomic import write_json, write_tsv
 from ats.runtime.provenance import write_with_provenance
 from ats.runtime.seeding import derive_seed
 from ats.search.scoring import STATUS_NONFINITE, STATUS_OK, PolicyScores, read_scores
+from ats.settings import SelectionSettings
 from ats.stats import CONFIDENCE_LEVEL, Estimate, mean_interval, paired_difference
 
 _log = logging.getLogger(__name__)
@@ -376,31 +377,29 @@ def select_policies(
     shard_fingerprints: Sequence[str],
     ranking_tsv: str | os.PathLike,
     selection_json: str | os.PathLike,
-    rule: str,
-    alpha: float,
-    threshold: float | None,
-    top_k: int,
+    settings: SelectionSettings,
     num_classes: int,
     seed: int,
     fingerprint: str,
-    allow_empty: bool = False,
 ) -> None:
     """Stage function: gather the shards of every repeat, write ``ranking.tsv`` and ``selection.json`` atomically.
 
-    ``threshold`` ``None`` means :func:`default_accuracy_threshold` of ``num_classes``. ``seed`` (the
-    master seed) seeds the bootstrap intervals. Each shard must carry its entry of
-    ``shard_fingerprints``; both outputs get a provenance record under ``fingerprint``
+    ``settings.accuracy_threshold`` ``None`` means :func:`default_accuracy_threshold` of
+    ``num_classes``. ``seed`` (the master seed) seeds the bootstrap intervals. Each shard must carry
+    its entry of ``shard_fingerprints``; both outputs get a provenance record under ``fingerprint``
     (:mod:`ats.runtime.provenance`), which their readers check. When no policy is eligible it raises
-    :class:`NothingChosenError` and writes nothing, unless ``allow_empty`` (the config's
+    :class:`NothingChosenError` and writes nothing, unless ``settings.allow_empty`` (the config's
     ``search.selection.allow_empty``): a run must not end green having chosen nothing.
     """
+    rule, alpha, top_k = settings.rule, settings.alpha, settings.top_k
+    threshold = settings.accuracy_threshold
     threshold_source = "config" if threshold is not None else "default"
     threshold = float(threshold) if threshold is not None else default_accuracy_threshold(num_classes)
     repeats = split_repeats(read_scores(shard_paths, shard_fingerprints))
     scores = average_repeats(repeats)
     ranked = with_spri_intervals(rank_policies(scores, rule, alpha, threshold=threshold), scores, seed=seed)
     choice = choose_policies(ranked, top_k)
-    if not choice["top_k"] and not allow_empty:
+    if not choice["top_k"] and not settings.allow_empty:
         raise NothingChosenError(_nothing_chosen(ranked, threshold, threshold_source))
     agreement = ranking_agreement([rank_policies(group, rule, alpha, threshold=threshold) for group in repeats],
                                   top_k)

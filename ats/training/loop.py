@@ -47,7 +47,8 @@ from ats.runtime.logs import progress
 from ats.runtime.memory import retain_freed_host_memory
 from ats.runtime.provenance import write_with_provenance
 from ats.runtime.seeding import seed_everything, torch_generator
-from ats.training.recipe import CONSERVATIVE, build_optimizer, build_scheduler, classification_loss
+from ats.settings import TrainingSettings
+from ats.training.recipe import build_optimizer, build_scheduler, classification_loss
 from ats.training.stages import StageError, check_stages, parse_stage, steps_per_epoch, training_images
 from ats.transforms.pipeline import Preprocessor, sample_draw
 
@@ -309,35 +310,27 @@ def _prepare_run(
     dataset_h5: str | os.PathLike,
     arch: ModelChoice,
     defence: str,
-    epochs: int,
-    batch_size: int,
-    train_fraction: float,
+    settings: TrainingSettings,
     seed: int,
     device: str,
     normalisation: str,
-    eval_every: int,
-    test_images: int | None,
-    amp: bool,
-    compile: bool,
     fingerprint: str,
 ) -> _Prepared:
-    """Check the settings, load the data onto the device and build the run as at its first step.
+    """Load the data onto the device and build the run as at its first step.
 
     Training and snapshots share this, so a snapshot replays exactly the run that training does.
     """
-    if epochs < 1 or batch_size < 1 or eval_every < 1 or (test_images is not None and test_images < 1):
-        raise ValueError(f"epochs ({epochs}), batch_size ({batch_size}), eval_every ({eval_every}) and "
-                         f"test_images ({test_images}) must be positive")
+    test_images = settings.test_images
     defence_spec = parse_defence(defence)
     torch_device = resolve_device(device)
     retain_freed_host_memory()
-    acceleration = _Acceleration.for_device(torch_device, amp, compile)
+    acceleration = _Acceleration.for_device(torch_device, settings.amp, settings.compile)
     data = load_dataset(dataset_h5)
     if test_images is not None and test_images > len(data.test_labels):
         raise ValueError(f"training.test_images: {test_images} is more than the {len(data.test_labels)} test "
                          f"images of {dataset_h5}")
     mean, std = normalisation_constants(data.spec.name, normalisation)
-    subset = training_subset(len(data.train_labels), train_fraction, seed).numpy()
+    subset = training_subset(len(data.train_labels), settings.train_fraction, seed).numpy()
     run = _Run(
         arch=arch,
         num_classes=data.spec.num_classes,
@@ -348,21 +341,23 @@ def _prepare_run(
         test_images=_images_on_device(data.test_images[:test_images], torch_device),
         test_labels=torch.from_numpy(data.test_labels[:test_images]).to(torch_device),
         preprocess=Preprocessor(data.spec.channels, mean, std, torch_device),
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
         seed=seed,
         device=torch_device,
         acceleration=acceleration,
     )
     run_fingerprint = fingerprint_of({
         "config": fingerprint, "dataset": data.spec.name, **model_settings(arch), "defence": defence,
-        "epochs": epochs, "batch_size": batch_size, "train_fraction": float(train_fraction), "seed": seed,
-        "normalisation": normalisation, "eval_every": eval_every, "test_images": test_images,
+        "epochs": settings.epochs, "batch_size": settings.batch_size,
+        "train_fraction": float(settings.train_fraction), "seed": seed, "normalisation": normalisation,
+        "eval_every": settings.eval_every, "test_images": test_images,
         "bf16_autocast": acceleration.bf16_autocast,
         "compile": acceleration.compile,
     })
     logger.info("training %s on %d images of %s, defence %r, %d epochs, batch %d, device %s",
-                model_name(arch), len(subset), data.spec.name, defence, epochs, batch_size, torch_device)
+                model_name(arch), len(subset), data.spec.name, defence, settings.epochs, settings.batch_size,
+                torch_device)
     return _Prepared(run, data.spec.name, len(subset), run_fingerprint)
 
 
@@ -375,27 +370,22 @@ def train_stage(
     out_history_tsv: str | os.PathLike,
     out_metrics_json: str | os.PathLike,
     state_path: str | os.PathLike,
-    epochs: int,
-    batch_size: int = CONSERVATIVE.batch_size,
-    train_fraction: float = 1.0,
+    settings: TrainingSettings,
     seed: int,
     device: str,
     normalisation: str,
-    eval_every: int = 10,
-    test_images: int | None = None,
-    amp: bool = False,
-    compile: bool = False,
     fingerprint: str,
     stop_after_epochs: int | None = None,
 ) -> dict[str, Any] | None:
-    """Train ``arch`` under ``defence`` and write checkpoint, history TSV and metrics JSON.
+    """Train ``arch`` under ``defence`` with the recipe ``settings`` and write checkpoint, history TSV and metrics JSON.
 
-    ``fingerprint`` (of the configuration) is stored in the checkpoint for downstream readers. The
-    test split is evaluated every ``eval_every`` epochs (epochs 0, 10, … as in the original) and
-    after the last one, on its first ``test_images`` images (``None``: all of them; demos and tests
-    use fewer because evaluation dominates tiny runs). ``amp`` (bf16 autocast) and ``compile``
-    (``torch.compile``) only take effect on CUDA and are off by default to keep the original's
-    fp32 numerics.
+    ``fingerprint`` (:func:`ats.settings.train_fingerprint`, or
+    :func:`~ats.settings.pretrain_fingerprint` for the search model) is stored in the outputs for
+    downstream readers. The test split is evaluated every ``settings.eval_every`` epochs (epochs 0,
+    10, … as in the original) and after the last one, on its first ``settings.test_images`` images
+    (``None``: all of them; demos and tests use fewer because evaluation dominates tiny runs).
+    ``settings.amp`` (bf16 autocast) and ``settings.compile`` (``torch.compile``) only take effect
+    on CUDA and are off by default to keep the original's fp32 numerics.
 
     ``state_path`` holds the resumable state between epochs; it is not a workflow output (Snakemake
     would delete it with a failed job) and is removed once the outputs exist. ``stop_after_epochs``
@@ -403,12 +393,10 @@ def train_stage(
     use it; it also splits a long training over wall-clock-limited jobs). Returns the metrics, or
     ``None`` when stopped early.
     """
-    prepared = _prepare_run(
-        dataset_h5=dataset_h5, arch=arch, defence=defence, epochs=epochs, batch_size=batch_size,
-        train_fraction=train_fraction, seed=seed, device=device, normalisation=normalisation,
-        eval_every=eval_every, test_images=test_images, amp=amp, compile=compile, fingerprint=fingerprint,
-    )
+    prepared = _prepare_run(dataset_h5=dataset_h5, arch=arch, defence=defence, settings=settings, seed=seed,
+                            device=device, normalisation=normalisation, fingerprint=fingerprint)
     run, run_fingerprint = prepared.run, prepared.run_fingerprint
+    epochs, eval_every = settings.epochs, settings.eval_every
     state_file = Path(state_path)
     _resume(state_file, run, run_fingerprint)
 
@@ -434,7 +422,7 @@ def train_stage(
                     epoch, epochs - 1, lr, train_loss, train_accuracy, tested, seconds)
 
     metrics = _write_outputs(run, prepared.dataset, out_checkpoint, out_history_tsv, out_metrics_json,
-                             fingerprint=fingerprint, train_fraction=train_fraction,
+                             fingerprint=fingerprint, train_fraction=settings.train_fraction,
                              num_train_images=prepared.num_train_images)
     state_file.unlink(missing_ok=True)
     return metrics
@@ -447,16 +435,10 @@ def snapshot_stage(
     defence: str,
     stage: str,
     out_checkpoint: str | os.PathLike,
-    epochs: int,
-    batch_size: int = CONSERVATIVE.batch_size,
-    train_fraction: float = 1.0,
+    settings: TrainingSettings,
     seed: int,
     device: str,
     normalisation: str,
-    eval_every: int = 10,
-    test_images: int | None = None,
-    amp: bool = False,
-    compile: bool = False,
     fingerprint: str,
 ) -> int:
     """Write the model of training stage ``stage`` (``init``, ``step-N``, ``epoch-N``) of a training run.
@@ -466,19 +448,16 @@ def snapshot_stage(
     (the schedule of the whole ``epochs``-epoch run), so on the CPU the snapshot is bitwise the model
     that training passes through. Replaying keeps snapshots separate jobs: adding a stage to a
     finished evaluation costs the replayed steps, not a new training. ``fingerprint`` is the
-    snapshot's own (the configuration and the stage); it is stored in the checkpoint with the
+    snapshot's own (:func:`ats.settings.model_fingerprint`); it is stored in the checkpoint with the
     optimiser step count. Returns that step count.
     """
     target = parse_stage(stage)
     if target.unit == "final":
         raise StageError("the 'final' stage is the trained model itself; train_stage writes it")
-    prepared = _prepare_run(
-        dataset_h5=dataset_h5, arch=arch, defence=defence, epochs=epochs, batch_size=batch_size,
-        train_fraction=train_fraction, seed=seed, device=device, normalisation=normalisation,
-        eval_every=eval_every, test_images=test_images, amp=amp, compile=compile, fingerprint=fingerprint,
-    )
-    run = prepared.run
-    check_stages([stage], epochs=epochs, train_images=prepared.num_train_images, batch_size=batch_size)
+    prepared = _prepare_run(dataset_h5=dataset_h5, arch=arch, defence=defence, settings=settings, seed=seed,
+                            device=device, normalisation=normalisation, fingerprint=fingerprint)
+    run, epochs = prepared.run, settings.epochs
+    check_stages([stage], epochs=epochs, train_images=prepared.num_train_images, batch_size=settings.batch_size)
     steps = target.optimizer_steps(epochs=epochs, steps_per_epoch=run.steps_per_epoch)
     done = 0
     for epoch in progress(range(epochs), desc=f"replay {defence} to {stage}", total=-(-steps // run.steps_per_epoch)):

@@ -31,6 +31,7 @@ from ats.settings import (
     AttackSettings,
     Experiment,
     PretrainSettings,
+    ScoringSettings,
     SelectionSettings,
     TrainingSettings,
     attack_fingerprint,
@@ -84,6 +85,7 @@ EXPERIMENT = Experiment.from_config(config)
 MODEL = EXPERIMENT.model  # model.arch, or the user's model.class with its kwargs
 TRAINING = TrainingSettings.from_config(config["training"])
 PRETRAIN = PretrainSettings.from_config(SEARCH["pretrain"])
+SCORING = ScoringSettings.from_config(SEARCH)
 SELECTION = SelectionSettings.from_config(SEARCH["selection"])
 ATTACK = AttackSettings.from_config(config["attack"])
 NUM_CLASSES = dataset_spec(DATASET).num_classes

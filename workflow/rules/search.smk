@@ -48,13 +48,8 @@ else:
         params:
             arch=MODEL,
             defence="crop",
-            epochs=SEARCH["pretrain"]["epochs"],
-            batch_size=SEARCH["pretrain"]["batch_size"],
-            train_fraction=SEARCH["pretrain"]["fraction"],
-            eval_every=10,
-            test_images=config["training"]["test_images"],
-            amp=False,
-            compile=False,
+            pretrain=PRETRAIN.as_section(),
+            test_images=TRAINING.test_images,
             seed=config["seed"],
             device=config["device"],
             normalisation=config["dataset"]["normalisation"],
@@ -135,8 +130,7 @@ rule score_shard:
         repeat=lambda wildcards: int(wildcards.repeat),
         device=config["device"],
         normalisation=config["dataset"]["normalisation"],
-        bins=SEARCH["privacy"]["bins"],
-        chunk_size=SEARCH["chunk_size"],
+        scoring=SCORING.as_section(),
         fingerprint=get_shard_fingerprint,
         model_fingerprint=get_pretrain_fingerprint(),
         eval_set_fingerprint=get_eval_set_fingerprint(),
@@ -161,11 +155,7 @@ checkpoint select_policies:
         CONDA_ENVIRONMENT
     threads: 1
     params:
-        rule=SEARCH["selection"]["rule"],
-        alpha=SEARCH["selection"]["alpha"],
-        threshold=SEARCH["selection"]["accuracy_threshold"],
-        top_k=SEARCH["selection"]["top_k"],
-        allow_empty=SEARCH["selection"]["allow_empty"],
+        selection=SELECTION.as_section(),
         num_classes=NUM_CLASSES,
         seed=config["seed"],
         shard_fingerprints=get_shard_fingerprints,

@@ -5,6 +5,7 @@ from ats.runtime.logs import configure
 configure(snakemake.log[0])
 
 from ats.attack.stage import attack_defence  # noqa: E402
+from ats.settings import AttackSettings  # noqa: E402
 
 params = snakemake.params
 attack_defence(
@@ -15,13 +16,7 @@ attack_defence(
     defence=params.defence,
     stage=params.stage,
     attack=params.attack,
-    first_target=params.first_target,
-    num_targets=params.num_targets,
-    iterations=params.iterations,
-    batch_size=params.batch_size,
-    transformed_target=params.transformed_target,
-    defend_observed_gradient=params.defend_observed_gradient,
-    label_recovery=params.label_recovery,
+    settings=AttackSettings.from_config(params.settings),
     seed=params.seed,
     device=params.device,
     normalisation=params.normalisation,

@@ -5,6 +5,7 @@ from ats.runtime.logs import configure
 configure(snakemake.log[0])
 
 from ats.search.scoring import score_shard  # noqa: E402
+from ats.settings import ScoringSettings  # noqa: E402
 
 params = snakemake.params
 score_shard(
@@ -18,8 +19,7 @@ score_shard(
     repeat=params.repeat,
     device=params.device,
     normalisation=params.normalisation,
-    bins=params.bins,
-    chunk_size=params.chunk_size or None,
+    settings=ScoringSettings.from_config(params.scoring),
     fingerprint=params.fingerprint,
     model_fingerprint=params.model_fingerprint,
     eval_set_fingerprint=params.eval_set_fingerprint,

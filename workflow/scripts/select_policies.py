@@ -5,6 +5,7 @@ from ats.runtime.logs import configure
 configure(snakemake.log[0])
 
 from ats.search.selection import select_policies  # noqa: E402
+from ats.settings import SelectionSettings  # noqa: E402
 
 params = snakemake.params
 select_policies(
@@ -12,11 +13,7 @@ select_policies(
     shard_fingerprints=params.shard_fingerprints,
     ranking_tsv=snakemake.output.ranking,
     selection_json=snakemake.output.selection,
-    rule=params.rule,
-    alpha=params.alpha,
-    threshold=params.threshold,
-    top_k=params.top_k,
-    allow_empty=params.allow_empty,
+    settings=SelectionSettings.from_config(params.selection),
     num_classes=params.num_classes,
     seed=params.seed,
     fingerprint=params.fingerprint,

@@ -5,23 +5,22 @@ from ats.runtime.logs import configure
 
 configure(snakemake.log[0])
 
+from ats.settings import PretrainSettings, TrainingSettings  # noqa: E402
 from ats.training.loop import snapshot_stage, train_stage  # noqa: E402
 
 params = snakemake.params
+if hasattr(params, "pretrain"):
+    settings = PretrainSettings.from_config(params.pretrain).training(params.test_images)
+else:
+    settings = TrainingSettings.from_config(params.training)
 run = dict(
     dataset_h5=snakemake.input.dataset,
     arch=params.arch,
     defence=params.defence,
-    epochs=params.epochs,
-    batch_size=params.batch_size,
-    train_fraction=params.train_fraction,
+    settings=settings,
     seed=params.seed,
     device=params.device,
     normalisation=params.normalisation,
-    eval_every=params.eval_every,
-    test_images=params.test_images,
-    amp=params.amp,
-    compile=params.compile,
     fingerprint=params.fingerprint,
 )
 if hasattr(params, "stage"):
