@@ -33,9 +33,9 @@ _KEY = "key"
 SettingsT = TypeVar("SettingsT", bound="_Settings")
 
 
-def speed_only(key: str | None = None) -> Any:
+def speed_only() -> Any:
     """A field that changes only how fast a stage runs, not its results: left out of fingerprints."""
-    return dataclasses.field(metadata={_SPEED_ONLY: True, **({_KEY: key} if key else {})})
+    return dataclasses.field(metadata={_SPEED_ONLY: True})
 
 
 def nested(key: str) -> Any:
@@ -147,6 +147,7 @@ class Experiment:
                    model=model_choice(config["model"]), seed=config["seed"])
 
     def fingerprint_fields(self) -> dict[str, Any]:
+        """The part of every model's fingerprint that these settings make up."""
         return {"dataset": self.dataset, "normalisation": self.normalisation, **model_settings(self.model),
                 "seed": self.seed}
 
