@@ -77,6 +77,16 @@ def test_missing_keys_take_the_schemas_defaults(settings) -> None:
         assert getattr(made, field.name) == schema_default(f"{settings.SECTION}.{path}")
 
 
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda cls: cls.__name__)
+def test_a_rules_param_reads_back_as_the_same_settings(settings) -> None:
+    """Rules pass ``as_section()``; the adapter's ``from_config`` must rebuild the same object."""
+    section = effective_config(TEST_CONFIG)
+    for part in settings.SECTION.split("."):
+        section = section[part]
+    made = settings.from_config(section)
+    assert settings.from_config(made.as_section()) == made
+
+
 def test_keys_of_other_uses_in_a_section_are_ignored() -> None:
     training = TrainingSettings.from_config({"epochs": 3, "baselines": ["none"], "validation_policies": []})
     assert training.epochs == 3 and training.batch_size == schema_default("training.batch_size")
