@@ -1,12 +1,15 @@
-"""The workflow killed with SIGKILL mid-scoring, mid-training and mid-attack, then resumed as README.md says.
+"""The workflow killed with SIGKILL at every stage, then resumed as README.md says.
 
 A tiny Fashion-MNIST (random pixels in the official IDX format, 400 images per split) keeps every
 job short, and ``--cores 1`` runs one job at a time, so each kill lands in a known job. The
 uninterrupted reference run goes at the same time as the interrupted runs, one core each.
 
-The first two kills take down the whole process group. The third kills the Snakemake process
-alone, as an out-of-memory killer or ``kill -9 <pid>`` does: its attack job (behind the selection
-checkpoint) lives on and finishes its file without Snakemake's records of it.
+Two kills (:data:`KILL_POINTS`) take down the whole process group: mid-scoring (a shard is scored
+again from its start) and mid-training (training resumes from ``resume.pt``). Five kill the
+Snakemake process alone, as an out-of-memory killer or ``kill -9 <pid>`` does, in the pretraining
+of the search model, the selection checkpoint, a training snapshot, an attack and the summary:
+the job lives on and finishes its files without Snakemake's records of it. A fast job may finish
+in the moment between its detection and the kill; the checks below allow for that.
 
 After a kill the run continues with what README.md tells users to type::
 
@@ -72,46 +75,90 @@ def start(workdir: Path, *options: str) -> subprocess.Popen:
 # Kill points: each looks at the files a running workflow leaves and names the job it hits.
 
 
+@dataclass(frozen=True)
+class Job:
+    """One job of the workflow: its rule and its wildcards, as its log path spells them ("" if none)."""
+
+    rule: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.rule} {self.name}".strip()
+
+
+TRAINING_OUTPUTS = ("model.pt", "history.tsv", "metrics.json")
+OUTPUTS: dict[str, Callable[[str], tuple[str, ...]]] = {  # rule -> the files its job of that name writes
+    "pretrain_search_model": lambda _: tuple(f"results/search/pretrained/{file}" for file in TRAINING_OUTPUTS),
+    "score_shard": lambda shard: (f"results/search/scores/{shard}.h5",),
+    "select_policies": lambda _: ("results/search/ranking.tsv", "results/search/selection.json"),
+    "train_defence": lambda defence: tuple(f"results/train/{defence}/{file}" for file in TRAINING_OUTPUTS),
+    "snapshot_defence": lambda name: ("results/train/{}/snapshots/{}.pt".format(*name.split("/")),),
+    "attack_defence": lambda name: (f"results/attack/{name}.h5",),
+    "summarize": lambda _: ("results/summary.tsv",),
+}
+
+
+def outputs(job: Job) -> tuple[str, ...]:
+    return OUTPUTS[job.rule](job.name)
+
+
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def mid_scoring(workdir: Path) -> str | None:
+def running(rule: str) -> Callable[[Path], Job | None]:
+    """A job of ``rule`` has started (its log has the runtime line every job writes first) and not
+    written all its outputs yet."""
+    def detect(workdir: Path) -> Job | None:
+        logs = workdir / "results/logs"
+        for log in [logs / f"{rule}.log", *sorted((logs / rule).rglob("*.log"))]:
+            job = Job(rule, "" if log.parent == logs else str(log.relative_to(logs / rule).with_suffix("")))
+            if "runtime hostname=" in _read(log) and not all((workdir / path).exists() for path in outputs(job)):
+                return job
+        return None
+    return detect
+
+
+def mid_scoring(workdir: Path) -> Job | None:
     """A shard job is inside its stage function while another shard is already finished."""
-    scores, logs = workdir / "results/search/scores", workdir / "results/logs/score_shard"
-    finished = {str(path.relative_to(scores).with_suffix("")) for path in scores.glob("repeat-*/shard-*.h5")}
-    running = [name for log in logs.glob("repeat-*/shard-*.log")
-               if (name := str(log.relative_to(logs).with_suffix(""))) not in finished
-               and "runtime hostname=" in _read(log)]
-    return f"score_shard {running[0]}" if finished and running else None
+    scores = workdir / "results/search/scores"
+    job = running("score_shard")(workdir)
+    return job if job and any(scores.glob("repeat-*/shard-*.h5")) else None
 
 
-def mid_training(workdir: Path) -> str | None:
+def mid_training(workdir: Path) -> Job | None:
     """A defence has saved its first epoch's state and is training the next one."""
     for log in sorted((workdir / "results/logs/train_defence").glob("*.log")):
         text = _read(log)
         if f"epoch 0 (last {EPOCHS - 1})" in text and "final test accuracy" not in text:
-            return f"train_defence {log.stem}"
+            return Job("train_defence", log.stem)
     return None
 
 
-def mid_attack(workdir: Path) -> str | None:
-    """An attack job has started its attack and not written its file yet."""
-    logs = workdir / "results/logs/attack_defence"
-    for log in sorted(logs.glob("*/*/*.log")):
-        name = str(log.relative_to(logs).with_suffix(""))
-        if "runtime hostname=" in _read(log) and not (workdir / f"results/attack/{name}.h5").exists():
-            return f"attack_defence {name}"
-    return None
+@dataclass(frozen=True)
+class KillPoint:
+    """Where a run is killed: ``detect`` names the job it hits; ``master_only`` kills the Snakemake
+    process alone (its job lives on), otherwise its whole process group."""
+
+    name: str
+    detect: Callable[[Path], Job | None]
+    master_only: bool
 
 
-def _written_by(job: str, path: str) -> bool:
-    rule, name = job.split()
-    if rule == "score_shard":
-        return path == f"results/search/scores/{name}.h5"
-    if rule == "attack_defence":
-        return path == f"results/attack/{name}.h5"
-    return path.startswith(f"results/train/{name}/")
+KILL_POINTS = (
+    KillPoint("master mid-pretraining", running("pretrain_search_model"), master_only=True),
+    KillPoint("group mid-scoring", mid_scoring, master_only=False),
+    KillPoint("master mid-selection", running("select_policies"), master_only=True),
+    KillPoint("group mid-training", mid_training, master_only=False),
+    KillPoint("master mid-snapshot", running("snapshot_defence"), master_only=True),
+    KillPoint("master mid-attack", running("attack_defence"), master_only=True),
+    KillPoint("master mid-summary", running("summarize"), master_only=True),
+)
+
+
+def _written_by(job: Job, path: str) -> bool:
+    """Whether ``job`` writes ``path`` (a table's ``<file>.provenance.json`` included)."""
+    return any(path.startswith(output) for output in outputs(job))
 
 
 def _group_alive(group: int) -> bool:
@@ -130,7 +177,8 @@ def _group_alive(group: int) -> bool:
 class Kill:
     """A run killed at a kill point, with what existed at that moment."""
 
-    job: str
+    point: str
+    job: Job
     finished_files: dict[str, tuple[int, int]]  # path -> (inode, mtime_ns)
     logs: dict[str, str]  # path -> content
 
@@ -149,20 +197,20 @@ def snapshot(workdir: Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]
     return files, logs
 
 
-def run_until(workdir: Path, kill_point: Callable[[Path], str | None] | None) -> Kill | None:
-    """Run the workflow; SIGKILL it when ``kill_point`` names a job. ``None`` if it finished.
+def run_until(workdir: Path, pending: list[KillPoint]) -> Kill | None:
+    """Run the workflow; SIGKILL it when the first of ``pending`` names a job. ``None`` if it finished.
 
-    Jobs of :data:`MASTER_ONLY_KILLS` lose only their Snakemake process, and the run is left to
-    its orphaned job until that job ends, as README.md says to do before resuming.
+    A master-only kill leaves the run to its orphaned job until that job ends, as README.md says
+    to do before resuming.
     """
     process = start(workdir, "--rerun-incomplete")
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            job = kill_point(workdir) if kill_point else None
-            if job:
+            point, job = next(((point, job) for point in pending if (job := point.detect(workdir))), (None, None))
+            if point and job:
                 files, logs = snapshot(workdir)
-                if job.split()[0] in MASTER_ONLY_KILLS:
+                if point.master_only:
                     process.kill()
                     process.wait()
                     while _group_alive(process.pid) and time.monotonic() < deadline:
@@ -173,7 +221,7 @@ def run_until(workdir: Path, kill_point: Callable[[Path], str | None] | None) ->
                 # Should the killed job have finished its output in the moment before the kill,
                 # Snakemake rightly redoes it; only what other jobs finished must survive.
                 finished = {path: identity for path, identity in files.items() if not _written_by(job, path)}
-                return Kill(job, finished, logs)
+                return Kill(point.name, job, finished, logs)
             time.sleep(POLL_INTERVAL_S)
     finally:
         if process.poll() is None:
@@ -190,16 +238,6 @@ def unlock(workdir: Path) -> None:
     assert result.returncode == 0 and "Unlocked working directory" in result.stdout + result.stderr, result.stderr
 
 
-KILL_POINTS = {"score_shard": mid_scoring, "train_defence": mid_training, "attack_defence": mid_attack}
-MASTER_ONLY_KILLS = {"attack_defence"}
-
-
-def first_kill_point(pending: list[str]) -> Callable[[Path], str | None]:
-    def kill_point(workdir: Path) -> str | None:
-        return next(filter(None, (KILL_POINTS[rule](workdir) for rule in pending)), None)
-    return kill_point
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The interrupted workflow (one kill per kill point, then a complete run) and the uninterrupted one."""
@@ -212,16 +250,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     reference_process = start(reference)
     kills: list[Kill] = []
     pending = list(KILL_POINTS)
-    while (kill := run_until(interrupted, first_kill_point(pending) if pending else None)) is not None:
+    while (kill := run_until(interrupted, pending)) is not None:
         kills.append(kill)
-        pending.remove(kill.job.split()[0])
+        pending = [point for point in pending if point.name != kill.point]
         unlock(interrupted)
     assert reference_process.wait(timeout=RUN_TIMEOUT_S) == 0, _read(reference / "snakemake.out")[-5000:]
     return {"reference": reference, "interrupted": interrupted, "kills": kills}
 
 
 def test_every_kill_happened_and_the_rerun_completed(runs: dict) -> None:
-    assert sorted(kill.job.split()[0] for kill in runs["kills"]) == ["attack_defence", "score_shard", "train_defence"]
+    assert sorted(kill.point for kill in runs["kills"]) == sorted(point.name for point in KILL_POINTS)
     assert (runs["interrupted"] / "results" / "summary.tsv").exists()
 
 
@@ -232,8 +270,8 @@ def test_results_equal_those_of_the_uninterrupted_run(runs: dict, output: str) -
 
 
 def test_killed_training_produces_the_same_weights(runs: dict) -> None:
-    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("train_defence")]
-    model = f"results/train/{kill.job.split()[1]}/model.pt"
+    [kill] = [kill for kill in runs["kills"] if kill.point == "group mid-training"]
+    model = f"results/train/{kill.job.name}/model.pt"
     from ats.runtime.checkpoints import load_checkpoint
 
     resumed = load_checkpoint(runs["interrupted"] / model)["state_dict"]
@@ -255,15 +293,15 @@ def test_nothing_finished_before_a_kill_was_computed_again(runs: dict) -> None:
         assert {path: after[1][path] for path in finished_logs} == finished_logs
 
 
-def _job_of_log(log_path: str) -> str:
-    """``results/logs/score_shard/repeat-0/shard-0001.log`` -> ``score_shard repeat-0/shard-0001``."""
+def _job_of_log(log_path: str) -> Job:
+    """``results/logs/score_shard/repeat-0/shard-0001.log`` -> ``Job("score_shard", "repeat-0/shard-0001")``."""
     rule, *name = Path(log_path).with_suffix("").parts[2:]
-    return f"{rule} {'/'.join(name)}"
+    return Job(rule, "/".join(name))
 
 
 def test_the_killed_shard_was_scored_once_and_the_finished_ones_not_again(runs: dict) -> None:
-    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("score_shard")]
-    shard = kill.job.split()[1]
+    [kill] = [kill for kill in runs["kills"] if kill.point == "group mid-scoring"]
+    shard = kill.job.name
     finished = sorted(re.findall(r"(repeat-\d+/shard-\d{4})\.h5", " ".join(kill.finished_files)))
     assert finished and shard not in finished
     logs = runs["interrupted"] / "results/logs/score_shard"
@@ -274,8 +312,8 @@ def test_the_killed_shard_was_scored_once_and_the_finished_ones_not_again(runs: 
 
 
 def test_the_killed_training_resumed_from_its_first_unfinished_epoch(runs: dict) -> None:
-    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("train_defence")]
-    log = _read(runs["interrupted"] / f"results/logs/train_defence/{kill.job.split()[1]}.log")
+    [kill] = [kill for kill in runs["kills"] if kill.point == "group mid-training"]
+    log = _read(runs["interrupted"] / f"results/logs/train_defence/{kill.job.name}.log")
     assert f"resuming from epoch 1 of {EPOCHS}" in log
     epochs_trained = [int(epoch) for epoch in re.findall(rf"epoch (\d+) \(last {EPOCHS - 1}\)", log)]
     assert epochs_trained == list(range(1, EPOCHS))  # epoch 0 was done before the kill, and kept
@@ -397,7 +435,7 @@ def test_reruns_need_no_write_access_beyond_the_owners(runs: dict, tmp_path: Pat
 def test_a_file_the_killed_master_left_is_never_mixed_with_a_later_config(runs: dict, tmp_path: Path) -> None:
     """The orphaned attack job's file has no Snakemake records, so a config change does not rerun it;
     the summary refuses it instead, and its printed command brings every attack to the new config."""
-    [kill] = [kill for kill in runs["kills"] if kill.job.startswith("attack_defence")]
+    [kill] = [kill for kill in runs["kills"] if kill.point == "master mid-attack"]
     workdir = _copy(runs, tmp_path, "after-master-kill")
     changed = yaml.safe_load((workdir / "override.yaml").read_text())
     changed["attack"] = {"iterations": 5}
@@ -407,7 +445,7 @@ def test_a_file_the_killed_master_left_is_never_mixed_with_a_later_config(runs: 
         if result.returncode == 0:
             break
         [(path, problem)] = refusals(result).items()
-        assert path == f"results/attack/{kill.job.split()[1]}.h5" and "different configuration" in problem
+        assert path == f"results/attack/{kill.job.name}.h5" and "different configuration" in problem
         result = _run(workdir, "--rerun-incomplete", "--forcerun", path, config=tmp_path / "changed.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     for path in (workdir / "results/attack").rglob("*.h5"):
