@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -197,11 +198,19 @@ def _weights_sha256(checkpoint: Path) -> str:
 # --- subcommands ------------------------------------------------------------------------------------
 
 
+def _estimate(row: dict, mean_column: str, interval_prefix: str, digits: int = 2) -> str:
+    """``mean [low, high]`` of one summary row's statistic (one image has no interval)."""
+    low, high = row[interval_prefix + "_low"], row[interval_prefix + "_high"]
+    interval = "(one image: no interval)" if math.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{row[mean_column]:.{digits}f} {interval}"
+
+
 def _run_attack(arguments: argparse.Namespace) -> int:
     from ats.api import _recorded_settings, attack_fingerprint
     from ats.attack.stage import attack_defence
     from ats.case.datasets import load_dataset
-    from ats.runtime.hdf5 import read_h5
+    from ats.report.loaders import load_attack_metrics
+    from ats.report.summary import summary_rows
     from ats.settings import AttackSettings
 
     model = _model(arguments)
@@ -228,12 +237,20 @@ def _run_attack(arguments: argparse.Namespace) -> int:
                    device=arguments.device, normalisation=arguments.normalisation, out_h5=arguments.out,
                    fingerprint=file_fingerprint)
     seconds = time.perf_counter() - started
-    arrays, attrs = read_h5(arguments.out, expected_fingerprint=file_fingerprint)
-    print(f"{arguments.out}: {attrs['attack']} ({attrs['iterations']} iterations) on test images {first}-"
-          f"{first + count - 1} of {arguments.dataset}, defence {arguments.defence}: mean PSNR "
-          f"{arrays['metrics/psnr'].mean():.2f} dB, mean SSIM {arrays['metrics/ssim'].mean():.3f} "
-          f"(against the untransformed image {arrays['metrics/psnr_original'].mean():.2f} dB), "
+    # The summary's own statistics: each mean beside its bootstrap interval and the best uninformed guess.
+    record = {**load_attack_metrics(arguments.out, expected_fingerprint=file_fingerprint),
+              "defence": arguments.defence, "stage": arguments.stage, "attack": arguments.attack}
+    [row] = summary_rows([record], {arguments.defence: math.nan}, seed=arguments.seed)
+    iterations = settings.iterations or ATTACKS[arguments.attack].iterations
+    print(f"{arguments.out}: {arguments.attack} ({iterations} iterations) on test "
+          f"images {first}-{first + count - 1} of {arguments.dataset}, defence {arguments.defence}, "
           f"{seconds:.1f} s, fingerprint {file_fingerprint}")
+    print(f"  PSNR {_estimate(row, 'psnr_mean', 'psnr_ci')} against chance {row['psnr_chance']:.2f} dB "
+          f"({row['chance_guess']}): {row['vs_chance']}; SSIM {_estimate(row, 'ssim_mean', 'ssim_ci', 3)} "
+          f"against chance {row['ssim_chance']:.3f}")
+    if not math.isnan(row["psnr_original"]):
+        print(f"  against the untransformed image: PSNR {_estimate(row, 'psnr_original', 'psnr_original_ci')} "
+              f"against chance {row['psnr_original_chance']:.2f} dB: {row['vs_chance_original']}")
     return 0
 
 

@@ -4,6 +4,7 @@ and clear errors."""
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from ats.attack.stage import attack_defence
 from ats.case.models import build_model
 from ats.cli import main
 from ats.report.loaders import load_attack_metrics
+from ats.report.summary import summary_rows
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
 from ats.runtime.hdf5 import read_h5
 from ats.search.scoring import read_scores
@@ -60,7 +62,7 @@ def test_attack_writes_the_attack_stages_file(inputs, tmp_path, capsys) -> None:
     dataset, checkpoint, _, _ = inputs
     assert main(_attack_arguments(inputs, tmp_path / "cli.h5", "--model-fingerprint", "model-fp")) == 0
     printed = capsys.readouterr().out
-    assert "inversed (2 iterations) on test images 1-2 of fashion-mnist, defence 3-1-7: mean PSNR" in printed
+    assert "inversed (2 iterations) on test images 1-2 of fashion-mnist, defence 3-1-7," in printed
     expected = attack_fingerprint(  # what the file's fingerprint covers, recomputed
         weights_sha256=load_checkpoint(checkpoint)["state_dict_sha256"], dataset="fashion-mnist", arch="ConvNet8",
         defence="3-1-7", stage="final", attack="inversed", target_indices=[1, 2],
@@ -68,6 +70,14 @@ def test_attack_writes_the_attack_stages_file(inputs, tmp_path, capsys) -> None:
                   "label_recovery": False, "seed": 3, "normalisation": "faithful"})
     metrics = load_attack_metrics(tmp_path / "cli.h5", expected_fingerprint=expected)  # the report's reader
     assert len(metrics["psnr"]) == 2
+    # Each mean is printed beside its interval, its chance level and the verdict, as summary.tsv has them.
+    [row] = summary_rows([{**metrics, "defence": "3-1-7", "stage": "final", "attack": "inversed"}],
+                         {"3-1-7": math.nan}, seed=3)
+    assert (f"PSNR {row['psnr_mean']:.2f} [{row['psnr_ci_low']:.2f}, {row['psnr_ci_high']:.2f}] against chance "
+            f"{row['psnr_chance']:.2f} dB ({row['chance_guess']}): {row['vs_chance']}") in printed
+    assert (f"against the untransformed image: PSNR {row['psnr_original']:.2f} [{row['psnr_original_ci_low']:.2f}, "
+            f"{row['psnr_original_ci_high']:.2f}] against chance {row['psnr_original_chance']:.2f} dB: "
+            f"{row['vs_chance_original']}") in printed
     # The stage function with the same settings writes the same arrays (only the fingerprint is the caller's).
     attack_defence(dataset_h5=dataset, checkpoint=checkpoint, model_fingerprint=None, arch="ConvNet8", defence="3-1-7",
                    stage="final", attack="inversed",
