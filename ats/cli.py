@@ -198,17 +198,11 @@ def _weights_sha256(checkpoint: Path) -> str:
 # --- subcommands ------------------------------------------------------------------------------------
 
 
-def _estimate(row: dict, mean_column: str, interval_prefix: str, digits: int = 2) -> str:
-    """``mean [low, high]`` of one summary row's statistic (one image has no interval)."""
-    low, high = row[interval_prefix + "_low"], row[interval_prefix + "_high"]
-    interval = "(one image: no interval)" if math.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
-    return f"{row[mean_column]:.{digits}f} {interval}"
-
-
 def _run_attack(arguments: argparse.Namespace) -> int:
     from ats.api import _recorded_settings, attack_fingerprint
     from ats.attack.stage import attack_defence
     from ats.case.datasets import load_dataset
+    from ats.report.findings import original_phrase, psnr_phrase
     from ats.report.loaders import load_attack_metrics
     from ats.report.summary import summary_rows
     from ats.settings import AttackSettings
@@ -245,12 +239,10 @@ def _run_attack(arguments: argparse.Namespace) -> int:
     print(f"{arguments.out}: {arguments.attack} ({iterations} iterations) on test "
           f"images {first}-{first + count - 1} of {arguments.dataset}, defence {arguments.defence}, "
           f"{seconds:.1f} s, fingerprint {file_fingerprint}")
-    print(f"  PSNR {_estimate(row, 'psnr_mean', 'psnr_ci')} against chance {row['psnr_chance']:.2f} dB "
-          f"({row['chance_guess']}): {row['vs_chance']}; SSIM {_estimate(row, 'ssim_mean', 'ssim_ci', 3)} "
-          f"against chance {row['ssim_chance']:.3f}")
+    print(f"  {psnr_phrase(row)}: {row['vs_chance']}")
     if not math.isnan(row["psnr_original"]):
-        print(f"  against the untransformed image: PSNR {_estimate(row, 'psnr_original', 'psnr_original_ci')} "
-              f"against chance {row['psnr_original_chance']:.2f} dB: {row['vs_chance_original']}")
+        print(f"  against the untransformed image: {original_phrase(row)} "
+              f"({row['psnr_original_chance']:.2f} dB): {row['vs_chance_original']}")
     return 0
 
 

@@ -16,6 +16,7 @@ from ats.api import attack_fingerprint
 from ats.attack.stage import attack_defence
 from ats.case.models import build_model
 from ats.cli import main
+from ats.report.findings import original_phrase, psnr_phrase
 from ats.report.loaders import load_attack_metrics
 from ats.report.summary import summary_rows
 from ats.runtime.checkpoints import load_checkpoint, save_checkpoint
@@ -73,11 +74,10 @@ def test_attack_writes_the_attack_stages_file(inputs, tmp_path, capsys) -> None:
     # Each mean is printed beside its interval, its chance level and the verdict, as summary.tsv has them.
     [row] = summary_rows([{**metrics, "defence": "3-1-7", "stage": "final", "attack": "inversed"}],
                          {"3-1-7": math.nan}, seed=3)
-    assert (f"PSNR {row['psnr_mean']:.2f} [{row['psnr_ci_low']:.2f}, {row['psnr_ci_high']:.2f}] against chance "
-            f"{row['psnr_chance']:.2f} dB ({row['chance_guess']}): {row['vs_chance']}") in printed
-    assert (f"against the untransformed image: PSNR {row['psnr_original']:.2f} [{row['psnr_original_ci_low']:.2f}, "
-            f"{row['psnr_original_ci_high']:.2f}] against chance {row['psnr_original_chance']:.2f} dB: "
+    assert f"{psnr_phrase(row)}: {row['vs_chance']}" in printed
+    assert (f"against the untransformed image: {original_phrase(row)} ({row['psnr_original_chance']:.2f} dB): "
             f"{row['vs_chance_original']}") in printed
+    assert f"PSNR {row['psnr_mean']:.2f} dB [{row['psnr_ci_low']:.2f}, {row['psnr_ci_high']:.2f}]" in printed
     # The stage function with the same settings writes the same arrays (only the fingerprint is the caller's).
     attack_defence(dataset_h5=dataset, checkpoint=checkpoint, model_fingerprint=None, arch="ConvNet8", defence="3-1-7",
                    stage="final", attack="inversed",

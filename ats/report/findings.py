@@ -32,7 +32,8 @@ def _interval(low: Any, high: Any, digits: int = 2) -> str:
     return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _psnr_phrase(row: Mapping[str, Any]) -> str:
+def psnr_phrase(row: Mapping[str, Any]) -> str:
+    """One summary row's PSNR and SSIM, each beside its interval and chance level (also printed by ``ats attack``)."""
     return (f"PSNR {float(row['psnr_mean']):.2f} dB {_interval(row['psnr_ci_low'], row['psnr_ci_high'])}, "
             f"{float(row['psnr_gain']):+.2f} dB {_interval(row['psnr_gain_ci_low'], row['psnr_gain_ci_high'])} "
             f"over chance ({float(row['psnr_chance']):.2f} dB, {row['chance_guess'] or 'no guess'}), "
@@ -51,7 +52,7 @@ def _defence_sentence(row: Mapping[str, Any]) -> str:
         verdict = "scores below chance: the attack learnt nothing useful against it"
     else:
         verdict = "cannot be told from chance"
-    return f"{row['defence']} {verdict}: {_psnr_phrase(row)}{difference}."
+    return f"{row['defence']} {verdict}: {psnr_phrase(row)}{difference}."
 
 
 def findings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -71,18 +72,19 @@ def findings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
         elif reference["vs_chance"] != ABOVE_CHANCE:
             sentences.append(
                 f"The attack failed: even without a defence its reconstructions cannot be told from an "
-                f"uninformed guess ({REFERENCE_DEFENCE}: {_psnr_phrase(reference)}). At this stage the "
+                f"uninformed guess ({REFERENCE_DEFENCE}: {psnr_phrase(reference)}). At this stage the "
                 f"defences' numbers measure the attack's failure and the targets' pixel statistics, not "
                 f"protection.")
         else:
-            sentences.append(f"Without a defence the model leaks: {_psnr_phrase(reference)}.")
+            sentences.append(f"Without a defence the model leaks: {psnr_phrase(reference)}.")
         sentences += [_defence_sentence(row) for row in others]
         sections.append((heading, sentences))
     sections += _policy_knowledge_sections(rows)
     return sections
 
 
-def _original_phrase(row: Mapping[str, Any]) -> str:
+def original_phrase(row: Mapping[str, Any]) -> str:
+    """One summary row's PSNR against the untransformed image, with its interval and gain over chance."""
     return (f"{row['attack']} {float(row['psnr_original']):.2f} dB "
             f"{_interval(row['psnr_original_ci_low'], row['psnr_original_ci_high'])}, "
             f"{float(row['psnr_original_gain']):+.2f} dB "
@@ -115,7 +117,7 @@ def _policy_knowledge_sections(rows: Sequence[Mapping[str, Any]]) -> list[tuple[
                            if best_oblivious["vs_chance_original"] != ABOVE_CHANCE
                            else "leaks to the oblivious attacker, and knowing the policy does not help")
             sentences.append(f"{defence} {verdict}: against the untransformed image, "
-                             f"{_original_phrase(best_aware)}; {_original_phrase(best_oblivious)}.")
+                             f"{original_phrase(best_aware)}; {original_phrase(best_oblivious)}.")
         if sentences:
             sections.append((f"Against an attacker who knows the policy, training stage '{stage}'", sentences))
     return sections
