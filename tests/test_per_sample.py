@@ -10,7 +10,8 @@ from torch import nn
 from ats.case.models import build_model
 from ats.search.per_sample import UnregisteredLayerError, gradient_stats, route_table
 from ats.search.per_sample.layers import ROUTES, STATISTICS
-from ats.search.privacy import interpolation_path
+from ats.search.privacy import interpolation_path, privacy_curves
+from benchmarks.decisions import recorded_decisions, replayed_decisions
 
 # The shipped architectures in the settings that use them: (arch, input channels, classes).
 ARCHITECTURES = [("ResNet20", 1, 10), ("ResNet20-4", 3, 100), ("ConvNet", 3, 100), ("ConvNet32", 1, 10)]
@@ -64,6 +65,26 @@ def test_every_layer_statistic_equals_batch_one_gradients_in_float64(arch: str, 
         assert (norm_sq - naive_norm_sq).abs().max() <= 1e-10 * scale, name
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "channels", "classes"), ARCHITECTURES)
+def test_float32_curves_are_within_2e_5_of_float64_once_both_take_the_same_relu_and_max_pool_choices(
+        arch: str, channels: int, classes: int) -> None:
+    """The engine's own float32 arithmetic, folds and Gram routes included: a float32 pass can flip
+    a ReLU or max-pool choice that lies within rounding of a tie (every float32 method can), so the
+    float32 pass replays the float64 pass's choices (docs/search.md)."""
+    model = _trained_looking(arch, channels, classes)
+    generator = torch.Generator().manual_seed(8)
+    images = torch.randn((2, channels, 32, 32), generator=generator, dtype=torch.float64)
+    noise = torch.randn((2, channels, 32, 32), generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, classes, (2,), generator=generator)
+    with recorded_decisions() as float64_choices:
+        _, exact = privacy_curves(model, images, labels, noise, bins=BINS)
+    model.float()
+    with replayed_decisions(float64_choices):
+        _, replayed = privacy_curves(model, images.float(), labels, noise.float(), bins=BINS)
+    assert (replayed.double() - exact).abs().max() <= 2e-5
+
+
 def _expected_resnet_routes(last_stage_routes: dict[str, str] | None) -> dict[str, str]:
     """Every conv folded with its BatchNorm on the materialise route, but for ``last_stage_routes``."""
     convs = ["conv1"] + [f"layers.{stage}.{block}.{conv}" for stage in range(3) for block in range(3)
@@ -77,9 +98,12 @@ def _expected_resnet_routes(last_stage_routes: dict[str, str] | None) -> dict[st
 
 
 def _expected_convnet_routes() -> dict[str, str]:
-    """No folding (max-pools); the two convs after the first max-pool take the shifted Gram route."""
-    routes = {f"model.conv{index}": "materialise" if index < 6 else "shifted" for index in range(8)}
-    return routes | {f"model.bn{index}": "direct" for index in range(8)} | {"model.linear": "gram"}
+    """The two convs after the first max-pool take the shifted Gram route and run unfolded; the rest fold."""
+    folded = {f"model.conv{index}": "materialise, folded" for index in range(6)}
+    folded |= {f"model.bn{index}": "folded" for index in range(6)}
+    unfolded = {f"model.conv{index}": "shifted" for index in (6, 7)}
+    unfolded |= {f"model.bn{index}": "direct" for index in (6, 7)}
+    return folded | unfolded | {"model.linear": "gram"}
 
 
 @pytest.mark.parametrize(("arch", "channels", "classes", "expected"), [

@@ -20,13 +20,6 @@ from ats.search.per_sample.reductions import (
     materialised_stats,
 )
 
-# Layers whose output picks one input by comparison. The folded conv rounds differently from the
-# conv and its BatchNorm, and near a tie that flips such a choice and with it the gradient path:
-# on the paper's max-pool ConvNet that multiplied the float32 S_pri error (issue 15).
-# Models with any of them run unfolded.
-ARGMAX_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-
 
 class FoldedConvBatchNorm:
     """A conv and the eval-mode BatchNorm that alone reads its output, run as one conv.
@@ -96,8 +89,7 @@ _PAIRS_BY_MODEL: weakref.WeakKeyDictionary[
 def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """The (Conv2d, affine BatchNorm2d) pairs that run folded: the BatchNorm alone reads the conv's
     output and each runs once, from a ``torch.fx`` trace that is cached per model and module set
-    rather than redone on every pass. None in a model with an :data:`ARGMAX_LAYERS` layer, or one fx
-    cannot trace.
+    rather than redone on every pass. None in a model fx cannot trace.
     """
     structure = tuple(map(id, model.modules()))
     cached = _PAIRS_BY_MODEL.get(model)
@@ -105,8 +97,7 @@ def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNor
         return cached[1]
     pairs = []
     try:
-        has_argmax = any(isinstance(module, ARGMAX_LAYERS) for module in model.modules())
-        graph = None if has_argmax else torch.fx.symbolic_trace(model).graph
+        graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - data-dependent control flow and the like: simply no folding
         graph = None
     if graph is not None:
