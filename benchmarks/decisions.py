@@ -108,3 +108,26 @@ def differing_decisions(first: Sequence[Tensor], second: Sequence[Tensor]) -> in
 def decision_count(decisions: Sequence[Tensor]) -> int:
     """The number of single choices in a record."""
     return sum(choice.numel() for choice in decisions)
+
+
+def per_sample_decisions(decisions: Sequence[Tensor], samples: int) -> list[list[Tensor]]:
+    """A record of batched passes over ``samples`` samples, split into the record a batch-1 pass of
+    each sample would make (its row of every call), in sample order.
+
+    The passes are read off the record: every pass but the last holds as many samples as the
+    first call, and every pass makes the same number of calls.
+    """
+    if not decisions:
+        raise ValueError("per_sample_decisions: the record is empty")
+    first_pass = decisions[0].shape[0]
+    passes = [first_pass] * (samples // first_pass) + ([samples % first_pass] if samples % first_pass else [])
+    calls, remainder = divmod(len(decisions), len(passes))
+    sizes = [choice.shape[0] for choice in decisions]
+    if remainder or sizes != [size for size in passes for _ in range(calls)]:
+        raise ValueError(f"per_sample_decisions: {len(decisions)} calls of batch sizes {sorted(set(sizes))} "
+                         f"are not passes of {passes} samples making the same calls")
+    rows: list[list[Tensor]] = []
+    for index, size in enumerate(passes):
+        calls_of_pass = decisions[index * calls:(index + 1) * calls]
+        rows += [[choice[row:row + 1] for choice in calls_of_pass] for row in range(size)]
+    return rows

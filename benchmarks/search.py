@@ -24,7 +24,13 @@ from ats.search.privacy import (
 )
 from ats.transforms.pipeline import Preprocessor
 from benchmarks import reference
-from benchmarks.decisions import decision_count, differing_decisions, recorded_decisions, replayed_decisions
+from benchmarks.decisions import (
+    decision_count,
+    differing_decisions,
+    per_sample_decisions,
+    recorded_decisions,
+    replayed_decisions,
+)
 from benchmarks.inputs import (
     IMAGE_SHAPE,
     PAPER_ACCURACY_BATCH,
@@ -100,13 +106,17 @@ def _spri_images(dataset: str, count: int, device: torch.device, purpose: str) -
     return preprocessor(np.repeat(chosen, channels, axis=-1), "plain", ()), "Fashion-MNIST test images"
 
 
-def _float32_errors(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
+def _float64_comparison(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
                     bins: int, chunk_size: int) -> dict[str, Any]:
-    """The float64 S_pri of the same model and inputs (``exact``), and what separates the library's
-    float32 S_pri from it: ``flips``, the ReLU units and max-pool windows (of ``decisions``) whose
-    choice differs between the two passes, and ``arithmetic``, the largest score error left once the
-    float32 pass replays the float64 choices (:mod:`benchmarks.decisions`). All passes use the timed
-    chunk size, so that they run the same batches."""
+    """What separates float32 S_pri from float64 on the same model and inputs (``exact``).
+
+    ``flips``: the ReLU units and max-pool windows (of ``decisions``) whose choice differs between
+    the library's float32 and float64 passes. ``library`` and ``loop``: the float32 scores of the
+    library and of the batch-1 loop, each replaying the float64 pass's choices
+    (:mod:`benchmarks.decisions`; the loop's batch-1 passes take their sample's rows, the reference
+    pass those of the image itself), so that only arithmetic separates them from ``exact``. All
+    library passes use the timed chunk size, so that they run the same batches.
+    """
     with recorded_decisions() as float64_choices:
         exact, _ = privacy_curves(model.double(), images.double(), labels, noise.double(), bins=bins,
                                   chunk_size=chunk_size)
@@ -114,8 +124,15 @@ def _float32_errors(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     with recorded_decisions() as float32_choices:
         privacy_curves(model, images, labels, noise, bins=bins, chunk_size=chunk_size)
     with replayed_decisions(float64_choices):
-        replayed, _ = privacy_curves(model, images, labels, noise, bins=bins, chunk_size=chunk_size)
-    return {"exact": exact.cpu(), "arithmetic": float((replayed.double() - exact).abs().max()),
+        library, _ = privacy_curves(model, images, labels, noise, bins=bins, chunk_size=chunk_size)
+    points = bins + 1
+    by_sample = per_sample_decisions(float64_choices, len(images) * points)
+    loop_order = [choice for image in range(len(images))
+                  for sample in (image * points + bins, *range(image * points, (image + 1) * points))
+                  for choice in by_sample[sample]]
+    with replayed_decisions(loop_order):
+        loop, _ = reference.privacy_scores(model, images, labels, noise, bins=bins)
+    return {"exact": exact.cpu(), "library": library.double().cpu(), "loop": loop,
             "flips": differing_decisions(float32_choices, float64_choices),
             "decisions": decision_count(float64_choices)}
 
@@ -156,7 +173,8 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
     accuracy = time_alternating({"accuracy": lambda: accuracy_score(model, accuracy_images)}, device, 1)
     library_scores, library_curves = (t.detach().double().cpu() for t in measured.results["library"])
     reference_scores, reference_curves = measured.results["reference"]
-    float32_errors = _float32_errors(model, images, labels, noise, sizes.bins, chunk_size)
+    same_choices = _float64_comparison(model, images, labels, noise, sizes.bins, chunk_size)
+    exact_scores = same_choices["exact"]
     library_s, reference_s, floor_s = (measured.seconds(side) for side in ("library", "reference", "floor"))
     return {
         f"spri_speedup_{key}": reference_s / library_s,
@@ -166,11 +184,13 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
         f"spri_floor_ratio_{key}_cpu_time": measured.cpu_seconds("library") / measured.cpu_seconds("floor"),
         f"spri_max_abs_diff_{key}": float((library_scores - reference_scores).abs().max()),
         f"spri_curve_max_abs_diff_{key}": float((library_curves - reference_curves).abs().max()),
-        f"spri_float32_error_{key}": float((library_scores - float32_errors["exact"]).abs().max()),
-        f"spri_float32_error_loop_{key}": float((reference_scores - float32_errors["exact"]).abs().max()),
-        f"spri_float32_arithmetic_error_{key}": float32_errors["arithmetic"],
-        f"spri_decision_flips_{key}": float32_errors["flips"],
-        f"spri_decisions_{key}": float32_errors["decisions"],
+        f"spri_max_abs_diff_same_choices_{key}": float((same_choices["library"] - same_choices["loop"]).abs().max()),
+        f"spri_float32_error_{key}": float((library_scores - exact_scores).abs().max()),
+        f"spri_float32_error_loop_{key}": float((reference_scores - exact_scores).abs().max()),
+        f"spri_float32_arithmetic_error_{key}": float((same_choices["library"] - exact_scores).abs().max()),
+        f"spri_float32_arithmetic_error_loop_{key}": float((same_choices["loop"] - exact_scores).abs().max()),
+        f"spri_decision_flips_{key}": same_choices["flips"],
+        f"spri_decisions_{key}": same_choices["decisions"],
         f"spri_seconds_per_image_{key}": library_s / count,
         f"spri_reference_seconds_per_image_{key}": reference_s / count,
         f"sacc_seconds_per_image_{key}": accuracy.seconds("accuracy") / sizes.accuracy_batch,
@@ -194,7 +214,8 @@ def bench_spri(sizes: Sizes, device: torch.device) -> dict[str, Any]:
         record["timings"].update(results.pop("timings"))
         record.update(results)
     keys = [arch_key(arch) for arch in sizes.spri_images]
-    for figure in ("spri_max_abs_diff", "spri_floor_ratio", "spri_float32_error", "spri_float32_arithmetic_error"):
+    for figure in ("spri_max_abs_diff", "spri_max_abs_diff_same_choices", "spri_floor_ratio", "spri_float32_error",
+                   "spri_float32_arithmetic_error"):
         record[figure] = max(record[f"{figure}_{key}"] for key in keys)
     for config, (dataset, arch) in PAPER_CONFIGS.items():
         if arch in sizes.spri_images:

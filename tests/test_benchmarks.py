@@ -14,15 +14,22 @@ import torch
 from torch import nn
 
 from benchmarks import run
-from benchmarks.decisions import decision_count, differing_decisions, recorded_decisions, replayed_decisions
+from benchmarks.decisions import (
+    decision_count,
+    differing_decisions,
+    per_sample_decisions,
+    recorded_decisions,
+    replayed_decisions,
+)
 
 REQUIRED_KEYS = (
     "date", "device", "torch_version", "machine",
     "spri_speedup_resnet20", "spri_speedup_resnet20_4", "spri_max_abs_diff", "spri_floor_ratio",
     *(f"spri_{figure}_{model}" for figure in ("speedup", "floor_ratio", "ceiling", "float32_error",
-                                            "float32_arithmetic_error", "decision_flips", "decisions")
+                                            "float32_arithmetic_error", "float32_arithmetic_error_loop",
+                                            "max_abs_diff_same_choices", "decision_flips", "decisions")
       for model in ("resnet20", "resnet20_4", "convnet", "convnet32")),
-    "spri_float32_error", "spri_float32_arithmetic_error",
+    "spri_float32_error", "spri_float32_arithmetic_error", "spri_max_abs_diff_same_choices",
     "search_1600_hours_cifar100_resnet20_4", "search_1600_hours_cifar100_convnet",
     "search_1600_hours_fashion_mnist_resnet20", "search_1600_hours_fashion_mnist_convnet",
     "attack_speedup", "attack_max_abs_diff",
@@ -39,7 +46,7 @@ def test_quick_run_writes_every_key_and_agrees_with_the_references(tmp_path, cap
     record = json.loads(output.read_text())
     assert [key for key in REQUIRED_KEYS if key not in record] == []
     assert record["device"] == "cpu" and record["quick"] is True
-    assert record["spri_max_abs_diff"] <= 1e-4
+    assert record["spri_max_abs_diff"] <= 1e-4 and record["spri_max_abs_diff_same_choices"] <= 1e-4
     assert record["spri_float32_arithmetic_error"] <= 2e-5
     assert record["attack_max_abs_diff"] <= 1e-4
     assert record["augment_max_abs_diff"] <= 1e-6  # same uint8 pixels, then the same normalisation
@@ -90,3 +97,20 @@ def test_a_replay_that_does_not_match_its_record_is_refused() -> None:
     with pytest.raises(ValueError, match="different passes"):
         differing_decisions(recorded, recorded[:1])
     assert (nn.ReLU.forward, nn.MaxPool2d.forward) == originals  # the patches are undone after an error too
+
+
+def test_a_record_of_batched_passes_splits_into_each_samples_batch_one_record() -> None:
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    samples = torch.randn(5, 1, 4, 4)
+    with recorded_decisions() as batched:
+        for start in (0, 2, 4):  # passes of 2, 2 and 1 samples
+            model(samples[start:start + 2])
+    with recorded_decisions() as one_at_a_time:
+        for sample in samples:
+            model(sample.unsqueeze(0))
+    split = per_sample_decisions(batched, len(samples))
+    assert len(split) == 5
+    assert differing_decisions([choice for record in split for choice in record], one_at_a_time) == 0
+    assert [tuple(choice.shape) for choice in split[4]] == [tuple(choice.shape) for choice in one_at_a_time[8:]]
+    with pytest.raises(ValueError, match="not passes of"):
+        per_sample_decisions(batched, 6)
