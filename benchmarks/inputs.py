@@ -29,7 +29,7 @@ PAPER_SEARCH_POLICIES = 1600
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each benchmark does; chosen so that the CPU suite stays under 10 minutes.
+    """How much work each benchmark does; chosen so that the CPU suite takes about 10 minutes on 2 AVX2 cores.
 
     ``rounds``: timed rounds after the warm-up (the median is reported). ``spri_images``: images
     per model for S_pri (each costs the reference ``bins + 2`` batch-1 passes). ``attack_archs``:
