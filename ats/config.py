@@ -114,25 +114,32 @@ def _config_schema() -> dict[str, Any]:
     return yaml.safe_load(CONFIG_SCHEMA_PATH.read_text())
 
 
-def _check_numbers(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
-    """Reject the numbers that JSON Schema lets through.
+def check_number(key: str, value: Any, schema: Mapping[str, Any]) -> None:
+    """Reject the numbers that JSON Schema lets through; ``schema`` is the key's own node.
 
     NaN passes every bound (all comparisons with NaN are false) and ±inf passes one-sided ones, so
     ``fraction: .nan`` would only fail inside a job. JSON Schema counts ``5.0`` as an integer, but
     ``range()`` and slicing do not (``epochs: 5.0`` fails in the training job), and ``seed: 7.0``
     silently derives other random numbers than ``seed: 7``.
     """
+    if not isinstance(value, float):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
+    types = schema.get("type", [])
+    if "integer" in ([types] if isinstance(types, str) else types):
+        raise ConfigError(key, f"must be an integer, got {value!r} (write {int(value)})")
+
+
+def _check_numbers(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    """:func:`check_number` on every value of ``config``, against the schema's node for it."""
     properties = schema.get("properties", {})
     for name, value in config.items():
         key, child = f"{prefix}{name}", properties.get(name, {})
         if isinstance(value, Mapping):
             _check_numbers(value, child, f"{key}.")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise ConfigError(key, f"must be a finite number, got {value}")
-            types = child.get("type", [])
-            if "integer" in ([types] if isinstance(types, str) else types):
-                raise ConfigError(key, f"must be an integer, got {value!r} (write {int(value)})")
+        else:
+            check_number(key, value, child)
 
 
 def check_config(config: Mapping[str, Any]) -> None:

@@ -17,13 +17,12 @@ imports this on every job start.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ats.case.architectures import ModelChoice, model_choice, model_settings
-from ats.config import ConfigError, schema_node
+from ats.config import ConfigError, check_number, schema_node
 from ats.runtime.fingerprint import fingerprint
 from ats.training.stages import FINAL
 
@@ -109,6 +108,7 @@ def _check_value(key: str, value: Any, schema: Mapping[str, Any]) -> None:
     Settings made outside the workflow (:mod:`ats.api`, :mod:`ats.cli`, tests) are not validated by
     Snakemake, so each stage's settings check themselves.
     """
+    check_number(key, value, schema)
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else list(types)
     if types and not any(_JSON_TYPES[kind](value) for kind in types):
@@ -117,8 +117,6 @@ def _check_value(key: str, value: Any, schema: Mapping[str, Any]) -> None:
         raise ConfigError(key, f"must be one of {schema['enum']}, got {value!r}")
     if value is None or isinstance(value, bool | str):
         return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value}")
     if "minimum" in schema and value < schema["minimum"]:
         raise ConfigError(key, f"must be at least {schema['minimum']}, got {value!r}")
     if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:

@@ -96,7 +96,7 @@ def test_keys_of_other_uses_in_a_section_are_ignored() -> None:
 @pytest.mark.parametrize(("settings", "section", "words"), [
     (TrainingSettings, {"epochs": 0}, "'training.epochs': must be at least 1, got 0"),
     (TrainingSettings, {"train_fraction": 0.0}, "'training.train_fraction': must be greater than 0"),
-    (TrainingSettings, {"epochs": 2.0}, "'training.epochs': must be of type integer, got 2.0"),
+    (TrainingSettings, {"epochs": 2.0}, "'training.epochs': must be an integer, got 2.0 (write 2)"),
     (TrainingSettings, {"amp": 1}, "'training.amp': must be of type boolean, got 1"),
     (PretrainSettings, {"fraction": 1.5}, "'search.pretrain.fraction': must be at most 1, got 1.5"),
     (ScoringSettings, {"privacy": {"bins": 0}}, "'search.privacy.bins': must be at least 1"),
