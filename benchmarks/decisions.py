@@ -17,7 +17,7 @@ functional max-pool itself is not covered, and its flips stay in the replayed er
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch.nn.functional as F
@@ -32,7 +32,8 @@ def _pool_with_indices(pool: nn.MaxPool2d, layer_input: Tensor) -> tuple[Tensor,
 
 
 @contextmanager
-def _patched(relu_forward, pool_forward) -> Iterator[None]:  # noqa: ANN001 - two forward functions
+def _patched(relu_forward: Callable[[nn.ReLU, Tensor], Tensor],
+             pool_forward: Callable[[nn.MaxPool2d, Tensor], Tensor]) -> Iterator[None]:
     nn.ReLU.forward, nn.MaxPool2d.forward = relu_forward, pool_forward
     try:
         yield
