@@ -31,10 +31,22 @@ def _pool_with_indices(pool: nn.MaxPool2d, layer_input: Tensor) -> tuple[Tensor,
                         ceil_mode=pool.ceil_mode, return_indices=True)
 
 
+def _off_meta(layer_type: type[nn.Module], forward: Callable[[nn.Module, Tensor], Tensor]
+              ) -> Callable[[nn.Module, Tensor], Tensor]:
+    """``forward`` for real tensors; the original forward for ``meta`` ones, which only compute shapes."""
+    def patched(module: nn.Module, layer_input: Tensor) -> Tensor:
+        if layer_input.is_meta:
+            return _ORIGINAL_FORWARD[layer_type](module, layer_input)
+        return forward(module, layer_input)
+
+    return patched
+
+
 @contextmanager
 def _patched(relu_forward: Callable[[nn.ReLU, Tensor], Tensor],
              pool_forward: Callable[[nn.MaxPool2d, Tensor], Tensor]) -> Iterator[None]:
-    nn.ReLU.forward, nn.MaxPool2d.forward = relu_forward, pool_forward
+    nn.ReLU.forward = _off_meta(nn.ReLU, relu_forward)
+    nn.MaxPool2d.forward = _off_meta(nn.MaxPool2d, pool_forward)
     try:
         yield
     finally:
@@ -48,13 +60,10 @@ def recorded_decisions() -> Iterator[list[Tensor]]:
     decisions: list[Tensor] = []
 
     def relu(module: nn.ReLU, layer_input: Tensor) -> Tensor:
-        if not layer_input.is_meta:
-            decisions.append(layer_input.detach() > 0)
+        decisions.append(layer_input.detach() > 0)
         return _ORIGINAL_FORWARD[nn.ReLU](module, layer_input)
 
     def pool(module: nn.MaxPool2d, layer_input: Tensor) -> Tensor:
-        if layer_input.is_meta:
-            return _ORIGINAL_FORWARD[nn.MaxPool2d](module, layer_input)
         output, indices = _pool_with_indices(module, layer_input)
         decisions.append(indices)
         return output
@@ -81,14 +90,10 @@ def replayed_decisions(decisions: Sequence[Tensor]) -> Iterator[None]:
         return choice
 
     def relu(module: nn.ReLU, layer_input: Tensor) -> Tensor:
-        if layer_input.is_meta:
-            return _ORIGINAL_FORWARD[nn.ReLU](module, layer_input)
         mask = next_choice(module, tuple(layer_input.shape))
         return layer_input * mask.to(layer_input.dtype)
 
     def pool(module: nn.MaxPool2d, layer_input: Tensor) -> Tensor:
-        if layer_input.is_meta:
-            return _ORIGINAL_FORWARD[nn.MaxPool2d](module, layer_input)
         output_shape = _pool_with_indices(module, layer_input.detach().to("meta"))[1].shape
         indices = next_choice(module, tuple(output_shape))
         return layer_input.flatten(2).gather(2, indices.flatten(2)).view(output_shape)

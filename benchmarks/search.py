@@ -107,7 +107,7 @@ def _spri_images(dataset: str, count: int, device: torch.device, purpose: str) -
 
 
 def _float64_comparison(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                    bins: int, chunk_size: int) -> dict[str, Any]:
+                        bins: int, chunk_size: int) -> dict[str, Any]:
     """What separates float32 S_pri from float64 on the same model and inputs (``exact``).
 
     ``flips``: the ReLU units and max-pool windows (of ``decisions``) whose choice differs between
