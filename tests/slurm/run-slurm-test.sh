@@ -75,11 +75,16 @@ if [ -s "$SLURM_STATE/slurmctld.pid" ] \
 fi
 local_run_pid=
 retry_pids=()
+stopped_job_pids=()
 cleanup() {
   for pid in "$local_run_pid" "${retry_pids[@]}"; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
       kill "$pid"  # timeout passes SIGTERM on to Snakemake
     fi
+  done
+  # The retry case's stopped job, where the test failed before Slurm's time limit ended it.
+  for pid in "${stopped_job_pids[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
   done
   if [ "$stop_slurm" = yes ]; then
     timeout 60 "$LOCAL_SLURM" stop
@@ -121,13 +126,22 @@ retry_after_time_limit() {
   local first_job
   first_job=$(slurm_job_of "$job_log")
   [ -n "$first_job" ] || fail "no SLURM_JOB_ID in $job_log"
-  log "retry case: epoch 1 of job $first_job saved; cutting its time limit to one second"
+  # slurmctld enforces time limits only on its periodic check (a test job ran 84 s against its 60 s
+  # limit), and a fast host trains all 12 epochs in that time: the attempt then ends at its limit
+  # after its training, and the retry starts a new one (the state is gone by then).
+  # Stopping the job's processes makes the attempt end mid-training on every host, as a training
+  # longer than its limit does; Slurm's time-limit kill ends stopped processes too.
+  mapfile -t stopped_job_pids < <(scontrol listpids "$first_job" | awk 'NR > 1 { print $1 }')
+  [ "${#stopped_job_pids[@]}" -gt 0 ] || fail "scontrol listpids found no processes of job $first_job"
+  log "retry case: epoch 1 of job $first_job saved; stopping its ${#stopped_job_pids[@]} processes and cutting its time limit to one second"
+  kill -STOP "${stopped_job_pids[@]}"
   scontrol update JobId="$first_job" TimeLimit=0:01
   local status=0
   wait "$slurm_pid" || status=$?
   [ "$status" -eq 0 ] || fail_run "$dir/slurm.out" "$status"
   scontrol show job "$first_job" | grep -q "JobState=TIMEOUT" \
     || fail "job $first_job did not end at its time limit: $(scontrol show job "$first_job" | grep -o 'JobState=[A-Z_]*')"
+  stopped_job_pids=()  # ended by Slurm; the PIDs may belong to other processes from now on
   local second_job
   second_job=$(slurm_job_of "$job_log")
   [ -n "$second_job" ] && [ "$second_job" != "$first_job" ] || fail "no retry of job $first_job in $job_log"
