@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,52 @@ def _spri_images(dataset: str, count: int, device: torch.device, purpose: str) -
     return preprocessor(np.repeat(chosen, channels, axis=-1), "plain", ()), "Fashion-MNIST test images"
 
 
+def loop_order(decisions: list[torch.Tensor], images: int, bins: int) -> list[torch.Tensor]:
+    """A record of the library's batched passes over ``images`` images, in the order the batch-1
+    loop (:func:`benchmarks.reference.privacy_scores`) makes the same choices: per image, the
+    reference pass on the image itself (the last path point), then the points 0 … ``bins``."""
+    points = bins + 1
+    by_sample = per_sample_decisions(decisions, images * points)
+    return [choice for image in range(images)
+            for sample in (image * points + bins, *range(image * points, (image + 1) * points))
+            for choice in by_sample[sample]]
+
+
+@dataclass(frozen=True)
+class SpriCase:
+    """A model with trained-looking BatchNorms and the seeded inputs S_pri is measured on."""
+
+    model: torch.nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    noise: torch.Tensor
+    dataset: str
+    source: str  # where the images came from (real test images or random pixels)
+
+
+def spri_case(arch: str, count: int, calibration_images: int, device: torch.device, variant: str = "") -> SpriCase:
+    """``arch`` in its benchmark setting (:data:`SPRI_MODELS`) with ``count`` images, labels and noise,
+    its BatchNorms calibrated on ``calibration_images`` other images.
+
+    Every draw is seeded by the architecture and ``variant``; the empty variant is ``make bench``'s
+    case, others (``benchmarks.flips``) give independent models and inputs of the same kind.
+    """
+    dataset = SPRI_MODELS[arch]
+    channels, classes = SPRI_DATASETS[dataset]
+    suffix = f"-{variant}" if variant else ""
+    torch.manual_seed(derive_seed(SEED, "bench", "spri", arch + suffix))
+    model = build_model(arch, classes, channels).to(device)
+    calibration, _ = _spri_images(dataset, calibration_images, device, f"spri-calibration-{arch}{suffix}")
+    model = _realistic_batch_norms(model, calibration, arch + suffix)
+    images, source = _spri_images(dataset, count, device, f"spri-{arch}{suffix}")
+    labels = torch.randint(0, classes, (count,), generator=torch_generator(SEED, "bench", "spri-labels", arch + suffix)
+                           ).to(device)
+    noise = torch.stack([uniform_noise(images.shape[1:],
+                                       torch_generator(SEED, "bench", "spri-noise", arch + suffix, index),
+                                       *normalisation_constants(dataset)) for index in range(count)]).to(device)
+    return SpriCase(model, images, labels, noise, dataset, source)
+
+
 def _float64_comparison(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
                         bins: int, chunk_size: int) -> dict[str, Any]:
     """What separates float32 S_pri from float64 on the same model and inputs (``exact``).
@@ -125,12 +172,7 @@ def _float64_comparison(model: torch.nn.Module, images: torch.Tensor, labels: to
         privacy_curves(model, images, labels, noise, bins=bins, chunk_size=chunk_size)
     with replayed_decisions(float64_choices):
         library, _ = privacy_curves(model, images, labels, noise, bins=bins, chunk_size=chunk_size)
-    points = bins + 1
-    by_sample = per_sample_decisions(float64_choices, len(images) * points)
-    loop_order = [choice for image in range(len(images))
-                  for sample in (image * points + bins, *range(image * points, (image + 1) * points))
-                  for choice in by_sample[sample]]
-    with replayed_decisions(loop_order):
+    with replayed_decisions(loop_order(float64_choices, len(images), bins)):
         loop, _ = reference.privacy_scores(model, images, labels, noise, bins=bins)
     return {"exact": exact.cpu(), "library": library.double().cpu(), "loop": loop,
             "flips": differing_decisions(float32_choices, float64_choices),
@@ -143,17 +185,10 @@ def _spri_one_model(arch: str, count: int, sizes: Sizes, device: torch.device) -
     Besides the timings: the agreement with the batch-1 loop in float32, and the float32 error of
     the library and of the loop against the library in float64 on the same model and inputs.
     """
-    key, dataset = arch_key(arch), SPRI_MODELS[arch]
-    channels, classes = SPRI_DATASETS[dataset]
-    torch.manual_seed(derive_seed(SEED, "bench", "spri", arch))
-    model = build_model(arch, classes, channels).to(device)
-    calibration, _ = _spri_images(dataset, sizes.spri_calibration_images, device, f"spri-calibration-{arch}")
-    model = _realistic_batch_norms(model, calibration, arch)
-    images, source = _spri_images(dataset, count, device, f"spri-{arch}")
-    labels = torch.randint(0, classes, (count,), generator=torch_generator(SEED, "bench", "spri-labels", arch)
-                           ).to(device)
-    noise = torch.stack([uniform_noise(images.shape[1:], torch_generator(SEED, "bench", "spri-noise", arch, index),
-                                       *normalisation_constants(dataset)) for index in range(count)]).to(device)
+    key = arch_key(arch)
+    case = spri_case(arch, count, sizes.spri_calibration_images, device)
+    model, images, labels, noise, dataset, source = (case.model, case.images, case.labels, case.noise, case.dataset,
+                                                     case.source)
     path = sizes.bins + 1
     points = interpolation_path(images, noise, sizes.bins)
     point_labels = labels.repeat_interleave(path)

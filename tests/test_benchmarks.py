@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import run
+from ats.search.privacy import privacy_curves
+from benchmarks import flips, reference, run
 from benchmarks.decisions import (
     decision_count,
     differing_decisions,
@@ -21,6 +22,8 @@ from benchmarks.decisions import (
     recorded_decisions,
     replayed_decisions,
 )
+from benchmarks.flips import format_summary, summarise
+from benchmarks.search import loop_order, spri_case
 
 REQUIRED_KEYS = (
     "date", "device", "torch_version", "machine",
@@ -114,3 +117,41 @@ def test_a_record_of_batched_passes_splits_into_each_samples_batch_one_record() 
     assert [tuple(choice.shape) for choice in split[4]] == [tuple(choice.shape) for choice in one_at_a_time[8:]]
     with pytest.raises(ValueError, match="not passes of"):
         per_sample_decisions(batched, 6)
+
+
+def test_the_loop_order_puts_the_librarys_choices_where_the_batch_one_loop_makes_them() -> None:
+    """In float64 both implementations take the same branches, so the library's record, reordered,
+    must equal the loop's own record choice for choice (and shape for shape)."""
+    case = spri_case("ConvNet32", 2, 8, torch.device("cpu"), variant="test")
+    model = case.model.double()
+    images, noise = case.images.double(), case.noise.double()
+    with recorded_decisions() as library_choices:
+        privacy_curves(model, images, case.labels, noise, bins=4, chunk_size=4)
+    with recorded_decisions() as loop_choices:
+        reference.privacy_scores(model, images, case.labels, noise, bins=4)
+    assert differing_decisions(loop_choices, loop_order(library_choices, 2, 4)) == 0
+
+
+def test_the_flip_survey_reports_each_sides_float32_error_against_float64() -> None:
+    row = flips.survey_case("ConvNet32", 1, 0, torch.device("cpu"))
+    case = spri_case("ConvNet32", 1, flips.CALIBRATION_IMAGES, torch.device("cpu"), variant="flips-0")
+    exact, _ = privacy_curves(case.model.double(), case.images.double(), case.labels, case.noise.double(),
+                              bins=flips.BINS)
+    case.model.float()
+    library, _ = privacy_curves(case.model, case.images, case.labels, case.noise, bins=flips.BINS)
+    loop, _ = reference.privacy_scores(case.model, case.images, case.labels, case.noise, bins=flips.BINS)
+    assert row["library_error"] == pytest.approx(float((library.double() - exact).abs().max()), abs=1e-9)
+    assert row["loop_error"] == pytest.approx(float((loop - exact).abs().max()), abs=1e-9)
+    assert row["decisions"] > 10**6 and 0 <= row["library_flips"] < 1000 and 0 <= row["loop_flips"] < 1000
+
+
+def test_the_flip_summary_counts_per_model() -> None:
+    rows = [{"model": "A", "library_flips": 2, "loop_flips": 3, "library_error": 3e-5, "loop_error": 1e-6},
+            {"model": "A", "library_flips": 1, "loop_flips": 0, "library_error": 1e-6, "loop_error": 4e-5},
+            {"model": "B", "library_flips": 0, "loop_flips": 1, "library_error": 0.0, "loop_error": 2e-5}]
+    summary = summarise(rows, bound=2e-5)
+    assert summary["A"] == {"cases": 2, "bound": 2e-5, "library_flips": 3, "loop_flips": 3,
+                            "library_largest_error": 3e-5, "loop_largest_error": 4e-5,
+                            "library_cases_over_bound": 1, "loop_cases_over_bound": 1}
+    assert summary["B"]["loop_cases_over_bound"] == 0  # the bound itself is not over it
+    assert "| A | 2 | 3 / 3 | 3.0e-05 / 4.0e-05 | 1 / 1 (> 2e-05) |" in format_summary(summary)
