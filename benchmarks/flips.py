@@ -18,16 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ats.runtime.atomic import write_json
+from ats.runtime.seeding import derive_seed
 from ats.search.privacy import default_chunk_size, privacy_curves
+from ats.stats import paired_difference
 from benchmarks import reference
 from benchmarks.decisions import decision_count, differing_decisions, recorded_decisions
-from benchmarks.inputs import SIZES
+from benchmarks.inputs import SEED, SIZES
 from benchmarks.search import SPRI_MODELS, loop_order, spri_case
 
 BINS = SIZES["cpu"].bins
@@ -58,29 +62,47 @@ def survey_case(arch: str, images: int, case_index: int, device: torch.device) -
 
 
 def summarise(rows: Sequence[dict[str, Any]], bound: float = 2e-5) -> dict[str, dict[str, Any]]:
-    """Per model: total flips of each side, the largest error, and in how many cases it exceeds ``bound``."""
-    summary: dict[str, dict[str, Any]] = {}
-    for arch in dict.fromkeys(row["model"] for row in rows):
-        of_model = [row for row in rows if row["model"] == arch]
-        summary[arch] = {"cases": len(of_model), "bound": bound} | {
-            f"{side}_{figure}": value
-            for side in ("library", "loop")
-            for figure, value in (
-                ("flips", sum(row[f"{side}_flips"] for row in of_model)),
-                ("largest_error", max(row[f"{side}_error"] for row in of_model)),
-                ("cases_over_bound", sum(row[f"{side}_error"] > bound for row in of_model)),
-            )
-        }
-    return summary
+    """Per model, and over all cases where there are several models (``"all"``): total flips of
+    each side, the largest error, in how many cases it exceeds ``bound``, and the paired comparison
+    over the cases (library − loop, with its bootstrap interval) of the flip counts and of log10 of
+    the errors (errors span decades, so their ratio is compared).
+    """
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    groups = {arch: [row for row in rows if row["model"] == arch] for arch in models}
+    if len(models) > 1:
+        groups["all"] = list(rows)
+    return {name: _summary_of(group, bound, name) for name, group in groups.items()}
+
+
+def _summary_of(rows: Sequence[dict[str, Any]], bound: float, name: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {"cases": len(rows), "bound": bound}
+    for side in ("library", "loop"):
+        errors = [row[f"{side}_error"] for row in rows]
+        figures |= {f"{side}_flips": sum(row[f"{side}_flips"] for row in rows),
+                    f"{side}_largest_error": max(errors),
+                    f"{side}_cases_over_bound": sum(error > bound for error in errors)}
+    for figure, values in (("flips", lambda side: [row[f"{side}_flips"] for row in rows]),
+                           ("log10_error", lambda side: np.log10([row[f"{side}_error"] for row in rows]))):
+        difference = paired_difference(values("library"), values("loop"), seed=derive_seed(SEED, "flips", name))
+        figures[f"{figure}_difference"] = asdict(difference) | {"excludes_zero": difference.excludes_zero}
+    return figures
+
+
+def _difference(estimate: dict[str, Any], digits: int) -> str:
+    verdict = "" if estimate["excludes_zero"] else ", cannot be told from 0"
+    return f"{estimate['mean']:+.{digits}f} [{estimate['low']:+.{digits}f}, {estimate['high']:+.{digits}f}]{verdict}"
 
 
 def format_summary(summary: dict[str, dict[str, Any]]) -> str:
-    """The summary as a Markdown table."""
-    lines = ["| model | cases | flips: library / loop | largest error: library / loop | cases over "
-             "the bound: library / loop |", "|---|---|---|---|---|"]
+    """The summary as a Markdown table (differences: mean per case [95 % bootstrap interval])."""
+    lines = ["| model | cases | flips: library / loop | library − loop, flips per case | largest error: library / "
+             "loop | library − loop, log10 error per case | cases over the bound: library / loop |",
+             "|---|---|---|---|---|---|---|"]
     for arch, figures in summary.items():
         lines.append(f"| {arch} | {figures['cases']} | {figures['library_flips']} / {figures['loop_flips']} | "
+                     f"{_difference(figures['flips_difference'], 1)} | "
                      f"{figures['library_largest_error']:.1e} / {figures['loop_largest_error']:.1e} | "
+                     f"{_difference(figures['log10_error_difference'], 2)} | "
                      f"{figures['library_cases_over_bound']} / {figures['loop_cases_over_bound']} "
                      f"(> {figures['bound']:g}) |")
     return "\n".join(lines)

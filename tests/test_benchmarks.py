@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -145,13 +146,22 @@ def test_the_flip_survey_reports_each_sides_float32_error_against_float64() -> N
     assert row["decisions"] > 10**6 and 0 <= row["library_flips"] < 1000 and 0 <= row["loop_flips"] < 1000
 
 
-def test_the_flip_summary_counts_per_model() -> None:
-    rows = [{"model": "A", "library_flips": 2, "loop_flips": 3, "library_error": 3e-5, "loop_error": 1e-6},
+def test_the_flip_summary_counts_per_model_and_compares_the_sides_pairwise() -> None:
+    rows = [{"model": "A", "library_flips": 2, "loop_flips": 3, "library_error": 1e-5, "loop_error": 1e-6},
             {"model": "A", "library_flips": 1, "loop_flips": 0, "library_error": 1e-6, "loop_error": 4e-5},
-            {"model": "B", "library_flips": 0, "loop_flips": 1, "library_error": 0.0, "loop_error": 2e-5}]
+            {"model": "A", "library_flips": 4, "loop_flips": 1, "library_error": 3e-5, "loop_error": 3e-6},
+            {"model": "B", "library_flips": 0, "loop_flips": 1, "library_error": 2e-5, "loop_error": 2e-5}]
     summary = summarise(rows, bound=2e-5)
-    assert summary["A"] == {"cases": 2, "bound": 2e-5, "library_flips": 3, "loop_flips": 3,
-                            "library_largest_error": 3e-5, "loop_largest_error": 4e-5,
-                            "library_cases_over_bound": 1, "loop_cases_over_bound": 1}
-    assert summary["B"]["loop_cases_over_bound"] == 0  # the bound itself is not over it
-    assert "| A | 2 | 3 / 3 | 3.0e-05 / 4.0e-05 | 1 / 1 (> 2e-05) |" in format_summary(summary)
+
+    assert list(summary) == ["A", "B", "all"]
+    counts = {key: value for key, value in summary["A"].items() if not key.endswith("_difference")}
+    assert counts == {"cases": 3, "bound": 2e-5, "library_flips": 7, "loop_flips": 4,
+                      "library_largest_error": 3e-5, "loop_largest_error": 4e-5,
+                      "library_cases_over_bound": 1, "loop_cases_over_bound": 1}
+    assert summary["all"]["library_flips"] == 7 and summary["B"]["loop_cases_over_bound"] == 0  # not over itself
+    # Paired per case: flips +1 on average; log10 errors +1, −1.6, +1 (ratios 10, 1/40, 10).
+    assert summary["A"]["flips_difference"]["mean"] == pytest.approx(1.0)
+    assert summary["A"]["log10_error_difference"]["mean"] == pytest.approx((2 - np.log10(40)) / 3)
+    assert summary["B"]["flips_difference"]["n"] == 1 and not summary["B"]["flips_difference"]["excludes_zero"]
+    table = format_summary(summary)
+    assert table.count("\n") == 4 and "| A | 3 | 7 / 4 | +1.0 [" in table and "cannot be told from 0" in table
