@@ -133,8 +133,10 @@ def test_the_loop_order_puts_the_librarys_choices_where_the_batch_one_loop_makes
     assert differing_decisions(loop_choices, loop_order(library_choices, 2, 4)) == 0
 
 
-def test_the_flip_survey_reports_each_sides_float32_error_against_float64() -> None:
-    row = flips.survey_case("ConvNet32", 1, 0, torch.device("cpu"))
+def test_the_flip_survey_reports_each_sides_float32_error_against_float64(tmp_path) -> None:
+    output = tmp_path / "flips.json"
+    flips.main(["--models", "ConvNet32", "--cases", "1", "--images", "1", "--output", str(output)])
+    [row] = json.loads(output.read_text())["rows"]
     case = spri_case("ConvNet32", 1, flips.CALIBRATION_IMAGES, torch.device("cpu"), variant="flips-0")
     exact, _ = privacy_curves(case.model.double(), case.images.double(), case.labels, case.noise.double(),
                               bins=flips.BINS)
